@@ -1,0 +1,153 @@
+"""Synthetic endoscopy-like datasets written in the official Kvasir-SEG and EndoTect on-disk layouts.
+
+Used by the tests and by demos that must run without the real data. Everything is deterministic given `seed`
+and needs only numpy and pillow. Sizes are `(width, height)` as in PIL; arrays are `height x width`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+__all__ = ["make_lesion_image", "write_endotect_layout", "write_kvasir_layout"]
+
+
+def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1], shape (height, width): a coarse random grid upsampled bicubically."""
+    width, height = size
+    coarse = rng.random((cells, cells)).astype(np.float32)
+    upsampled = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(upsampled), 0.0, 1.0)
+
+
+def _textured_background(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """Pinkish mucosa-like texture, float32 (height, width, 3) in [0, 255]."""
+    width, height = size
+    base_colour = np.array([170, 80, 70], dtype=np.float32) + rng.uniform(-20, 20, size=3).astype(np.float32)
+    shading = 0.75 + 0.5 * _smooth_noise(rng, size, cells=3)  # slow illumination changes
+    texture = _smooth_noise(rng, size, cells=max(4, min(width, height) // 6)) - 0.5  # vessels / folds
+    fine_grain = rng.normal(0.0, 6.0, size=(height, width, 1)).astype(np.float32)
+    return base_colour * shading[..., None] + 40.0 * texture[..., None] + fine_grain
+
+
+def _ellipse_distance(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """Normalised elliptic distance (< 1 inside) of a random rotated ellipse lying mostly inside the image."""
+    width, height = size
+    short_side = min(width, height)
+    centre_x = rng.uniform(0.25, 0.75) * width
+    centre_y = rng.uniform(0.25, 0.75) * height
+    semi_axis_a = max(2.0, rng.uniform(0.10, 0.25) * short_side)
+    semi_axis_b = max(2.0, semi_axis_a * rng.uniform(0.6, 1.0))
+    angle = rng.uniform(0.0, np.pi)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    dx, dy = xs + 0.5 - centre_x, ys + 0.5 - centre_y
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / semi_axis_a
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / semi_axis_b
+    return np.sqrt(u * u + v * v)
+
+
+def make_lesion_image(
+    rng: np.random.Generator, size: tuple[int, int], with_lesion: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make one synthetic frame: a textured background with one or two elliptic lesions (or none).
+
+    Args:
+        rng: numpy random generator (the only source of randomness).
+        size: (width, height) in pixels.
+        with_lesion: if False, the frame is background only and the mask is all False.
+
+    Returns:
+        (rgb, mask): uint8 array (height, width, 3) and bool array (height, width), True on the lesion.
+    """
+    width, height = size
+    rgb = _textured_background(rng, size)
+    mask = np.zeros((height, width), dtype=bool)
+    if with_lesion:
+        num_lesions = 1 if rng.random() < 0.75 else 2
+        for _ in range(num_lesions):
+            distance = _ellipse_distance(rng, size)
+            # blurred border: full lesion colour inside 0.85, fading to background by 1.15
+            weight = np.clip((1.15 - distance) / 0.3, 0.0, 1.0)[..., None]
+            lesion_colour = np.array([225, 150, 120], dtype=np.float32) + rng.uniform(-20, 20, 3).astype(np.float32)
+            lesion_texture = 25.0 * (_smooth_noise(rng, size, cells=4)[..., None] - 0.5)
+            rgb = (1.0 - weight) * rgb + weight * (lesion_colour + lesion_texture)
+            mask |= distance < 1.0
+        if not mask.any():  # tiny images: make sure the lesion covers at least one pixel
+            mask[height // 2, width // 2] = True
+    return np.clip(rgb, 0, 255).astype(np.uint8), mask
+
+
+def _frame_size(rng: np.random.Generator, size: tuple[int, int], vary_size: bool) -> tuple[int, int]:
+    """`size`, or up to about 15% larger/smaller on each side when `vary_size`."""
+    if not vary_size:
+        return size
+    width, height = size
+    return (
+        max(8, int(round(width * rng.uniform(0.85, 1.15)))),
+        max(8, int(round(height * rng.uniform(0.85, 1.15)))),
+    )
+
+
+def _jpeg_mask(mask: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """Mask as an RGB image with a slightly blurred edge, to be saved as JPEG like the real Kvasir-SEG masks."""
+    grey = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(0.6))
+    return Image.merge("RGB", [grey, grey, grey]) if rng.random() < 0.8 else grey
+
+
+def write_kvasir_layout(
+    root: str | Path,
+    n_images: int = 20,
+    size: tuple[int, int] = (48, 40),
+    seed: int = 0,
+    vary_size: bool = True,
+) -> Path:
+    """Write a Kvasir-SEG-like dataset: `root/images/<name>.jpg` and `root/masks/<name>.jpg`, every frame a lesion.
+
+    Masks are JPEG (mostly RGB), so like the real ones their values are not strictly 0/255. With `vary_size`
+    the frame sizes vary a little around `size` (width, height). Returns `root`.
+    """
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(n_images):
+        name = f"kvasir{seed:02d}_{index:04d}"
+        rgb, mask = make_lesion_image(rng, _frame_size(rng, size, vary_size), with_lesion=True)
+        Image.fromarray(rgb).save(root / "images" / f"{name}.jpg", quality=90)
+        _jpeg_mask(mask, rng).save(root / "masks" / f"{name}.jpg", quality=90)
+    return root
+
+
+def write_endotect_layout(
+    root: str | Path,
+    n_lesion: int = 8,
+    n_lesion_free: int = 4,
+    size: tuple[int, int] = (48, 40),
+    seed: int = 1,
+    vary_size: bool = False,
+) -> Path:
+    """Write an EndoTect-test-like dataset and return `root`.
+
+    `root/images/*.jpg` + `root/masks/*.png` (RGB, 0/255) hold frames with lesions;
+    `root/ulcerative-colitis_images/*.jpg` + `root/ulcerative-colitis_masks/*.png` (L, all zero) hold lesion-free
+    frames. Sizes are (width, height), varying a little when `vary_size`.
+    """
+    root = Path(root)
+    folders = ["images", "masks", "ulcerative-colitis_images", "ulcerative-colitis_masks"]
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(n_lesion):
+        name = f"endotect{seed:02d}_{index:04d}"
+        rgb, mask = make_lesion_image(rng, _frame_size(rng, size, vary_size), with_lesion=True)
+        Image.fromarray(rgb).save(root / "images" / f"{name}.jpg", quality=90)
+        mask_rgb = np.repeat(mask[..., None], 3, axis=2).astype(np.uint8) * 255  # RGB like the real release
+        Image.fromarray(mask_rgb).save(root / "masks" / f"{name}.png")
+    for index in range(n_lesion_free):
+        name = f"colitis{seed:02d}_{index:04d}"
+        rgb, mask = make_lesion_image(rng, _frame_size(rng, size, vary_size), with_lesion=False)
+        Image.fromarray(rgb).save(root / "ulcerative-colitis_images" / f"{name}.jpg", quality=90)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ulcerative-colitis_masks" / f"{name}.png")
+    return root
