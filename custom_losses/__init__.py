@@ -1,5 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
+from custom_losses import data, handlers, metrics, networks
 from custom_losses.compound import CEDiceLoss
 from custom_losses.cross_entropy import (
     BalancedCrossEntropyLoss,
@@ -23,9 +24,13 @@ __all__ = [
     "SoftDiceLoss",
     "alpha_scheduler",
     "combo_alpha",
+    "data",
     "dilate",
     "dilated_regions",
     "finetune_alpha",
+    "handlers",
     "linear_alpha",
+    "metrics",
+    "networks",
     "region_balanced_weights",
 ]

@@ -1,0 +1,135 @@
+"""Per-image lesion metrics, calibration, and their summary over a test set.
+
+Conventions (Galdran et al., DFUC 2022): a prediction is the foreground probability thresholded at
+``threshold`` (0.5); Dice and IoU are 1 when prediction and label are both empty and 0 when exactly one
+of them is. Areas are in pixels (voxels in 3D); relative area errors are only defined on images with a
+lesion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def _ratio_or_galdran(numerator: int, denominator: int, both_empty: bool) -> float:
+    if both_empty:
+        return 1.0
+    return numerator / denominator if denominator > 0 else 0.0
+
+
+def image_metrics(prob: torch.Tensor, label: torch.Tensor, threshold: float = 0.5) -> dict[str, float | bool]:
+    """Metrics of one image from its foreground probability and binary label (same shape, any dims)."""
+    if prob.shape != label.shape:
+        raise ValueError(f"probability shape {tuple(prob.shape)} differs from label shape {tuple(label.shape)}")
+    prob = prob.detach().double()
+    truth = label.detach() > 0.5
+    pred = prob > threshold
+    intersection = int((pred & truth).sum())
+    pred_area, true_area = int(pred.sum()), int(truth.sum())
+    soft_area = float(prob.sum())
+    both_empty = pred_area == 0 and true_area == 0
+    has_lesion = true_area > 0
+    return {
+        "has_lesion": has_lesion,
+        "dice": _ratio_or_galdran(2 * intersection, pred_area + true_area, both_empty),
+        "iou": _ratio_or_galdran(intersection, pred_area + true_area - intersection, both_empty),
+        "true_area": true_area,
+        "pred_area": pred_area,
+        "soft_area": soft_area,
+        "pred_empty": pred_area == 0,
+        "fp_area_fraction": int((pred & ~truth).sum()) / truth.numel(),
+        "area_error_hard": (pred_area - true_area) / true_area if has_lesion else math.nan,
+        "area_error_soft": (soft_area - true_area) / true_area if has_lesion else math.nan,
+    }
+
+
+class ReliabilityHistogram:
+    """Accumulates per-pixel foreground probabilities in equal-width bins for ECE and reliability plots."""
+
+    def __init__(self, num_bins: int = 20) -> None:
+        if num_bins < 1:
+            raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+        self.num_bins = num_bins
+        self.count = torch.zeros(num_bins, dtype=torch.float64)
+        self.sum_prob = torch.zeros(num_bins, dtype=torch.float64)
+        self.sum_label = torch.zeros(num_bins, dtype=torch.float64)
+
+    def update(self, prob: torch.Tensor, label: torch.Tensor) -> None:
+        prob = prob.detach().flatten().double().cpu()
+        truth = (label.detach().flatten() > 0.5).double().cpu()
+        bins = (prob * self.num_bins).long().clamp_(0, self.num_bins - 1)
+        self.count += torch.bincount(bins, minlength=self.num_bins)
+        self.sum_prob += torch.bincount(bins, weights=prob, minlength=self.num_bins)
+        self.sum_label += torch.bincount(bins, weights=truth, minlength=self.num_bins)
+
+    def ece(self) -> float:
+        """Expected calibration error: ``sum_b n_b / N * |mean prob_b - foreground frequency_b|``."""
+        total = self.count.sum()
+        if total == 0:
+            return math.nan
+        gap = (self.sum_prob - self.sum_label).abs()  # n_b * |mean prob - frequency|
+        return float(gap.sum() / total)
+
+    def curve(self) -> dict[str, list]:
+        """Mean probability, observed foreground frequency and pixel count per bin (empty bins: None)."""
+
+        def per_bin(sums: torch.Tensor) -> list[float | None]:
+            return [float(s / n) if n > 0 else None for s, n in zip(sums, self.count, strict=True)]
+
+        return {
+            "bin_lower_edge": [i / self.num_bins for i in range(self.num_bins)],
+            "mean_probability": per_bin(self.sum_prob),
+            "foreground_frequency": per_bin(self.sum_label),
+            "count": [int(v) for v in self.count],
+        }
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = sorted(v for v in values if not math.isnan(v))
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def summarize(rows: Sequence[dict], reliability: ReliabilityHistogram | None = None) -> dict:
+    """Test-set summary from :func:`image_metrics` rows, each also holding ``lesion_free`` (from the datalist).
+
+    In distribution = images marked not lesion-free; Dice over all images uses Galdran's convention;
+    the false-positive rate is the share of lesion-free images with any predicted foreground.
+    """
+    if not rows:
+        raise ValueError("no evaluated images to summarize")
+    lesion = [r for r in rows if not r["lesion_free"]]
+    lesion_free = [r for r in rows if r["lesion_free"]]
+    summary = {
+        "num_images": len(rows),
+        "num_lesion": len(lesion),
+        "num_lesion_free": len(lesion_free),
+        "dice_lesion": _mean(r["dice"] for r in lesion),
+        "iou_lesion": _mean(r["iou"] for r in lesion),
+        "dice_all": _mean(r["dice"] for r in rows),
+        "predicted_empty_share": _mean(float(r["pred_empty"]) for r in rows),
+        "ideal_empty_share": len(lesion_free) / len(rows),
+        "lesion_free_fp_rate": _mean(float(not r["pred_empty"]) for r in lesion_free),
+        "lesion_free_fp_area": _mean(r["fp_area_fraction"] for r in lesion_free),
+        "area_error_hard": _mean(r["area_error_hard"] for r in lesion),
+        "area_error_soft": _mean(r["area_error_soft"] for r in lesion),
+        "median_area_error_hard": _median(r["area_error_hard"] for r in lesion),
+        "median_area_error_soft": _median(r["area_error_soft"] for r in lesion),
+        "abs_area_error_hard": _mean(abs(r["area_error_hard"]) for r in lesion),
+        "abs_area_error_soft": _mean(abs(r["area_error_soft"]) for r in lesion),
+    }
+    if reliability is not None:
+        summary["ece"] = reliability.ece()
+        summary["ece_bins"] = reliability.num_bins
+        summary["reliability"] = reliability.curve()
+    return summary

@@ -1,0 +1,890 @@
+"""Generate every bundle of the collection from one source: the losses x the datasets below.
+
+    python scripts/make_bundles.py                # (re)write bundles/<dataset>_<loss>/
+    python scripts/make_bundles.py --check        # exit 1 if a generated file differs from the repo's
+
+Bundles differ only in their loss (and its schedule handler); everything else comes from the dataset
+spec. Adding a loss is one entry in ``LOSSES``; adding a 2D dataset is one ``DatasetSpec``.
+The measured results in each bundle's docs come from ``bundles/results/<dataset>.json`` when present.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES_DIR = REPO / "bundles"
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+SCHEMA_FILE = "meta_schema_20240725.json"  # kept in bundles/: verify_metadata cannot download it offline
+
+# Versions every bundle records (requirements.txt pins the first three; numpy is the tested one).
+MONAI_VERSION = "1.6.1"
+PYTORCH_VERSION = "2.13.0"
+IGNITE_VERSION = "0.5.5"
+NUMPY_VERSION = "2.4.6"
+CUSTOM_LOSSES_VERSION = "0.1.0"
+BUNDLE_VERSION = "0.1.0"
+
+REFERENCES = {
+    "galdran": "Galdran A, Carneiro G, Gonzalez Ballester MA. On the Optimal Combination of Cross-Entropy "
+    "and Soft Dice Losses for Lesion Segmentation with Out-of-Distribution Robustness. DFU Challenge "
+    "2022 (MICCAI), arXiv:2209.06078",
+    "bertels": "Bertels J, Robben D, Vandermeulen D, Suetens P. Optimization with soft Dice can lead to a "
+    "volumetric bias in image segmentation. Medical Image Analysis 2021",
+    "dbce": "Hosseini SM, Soleymani Baghshah M. Dilated Balanced Cross Entropy Loss for Medical Image "
+    "Segmentation. arXiv:2412.06045, 2024",
+    "kvasir": "Jha D et al. Kvasir-SEG: A Segmented Polyp Dataset. MMM 2020",
+    "hyperkvasir": "Borgli H et al. HyperKvasir, a comprehensive multi-class image and video dataset for "
+    "gastrointestinal endoscopy. Scientific Data 2020",
+    "flexunet": "He K et al. Deep Residual Learning for Image Recognition. CVPR 2016 (ResNet encoder of "
+    "MONAI's FlexibleUNet)",
+}
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss: its config, an optional alpha schedule, and how the docs describe it."""
+
+    title: str
+    config: dict
+    description: str
+    schedule: str | None = None
+    references: tuple[str, ...] = ("galdran",)
+
+
+LOSSES: dict[str, LossSpec] = {
+    "ce": LossSpec(
+        "Cross-entropy",
+        {"_target_": "custom_losses.CrossEntropyLoss"},
+        "Binary cross-entropy with logits, averaged over all pixels.",
+        references=("galdran", "bertels"),
+    ),
+    "dice": LossSpec(
+        "Soft Dice",
+        {"_target_": "custom_losses.SoftDiceLoss", "batch": False, "smooth_nr": 0.0, "smooth_dr": 0.0, "eps": 1e-7},
+        "Soft Dice per image (`1 - dice`, no smoothing, denominator clamped at 1e-7), averaged over the batch.",
+        references=("galdran", "bertels"),
+    ),
+    "ce_dice": LossSpec(
+        "CE + Dice",
+        {"_target_": "custom_losses.CEDiceLoss", "alpha": 0.5},
+        "`0.5 * CE + 0.5 * soft Dice` for the whole training.",
+        schedule="combo",
+    ),
+    "ce_linear_dice": LossSpec(
+        "Linear CE to Dice",
+        {"_target_": "custom_losses.CEDiceLoss", "alpha": 1.0},
+        "`alpha * CE + (1 - alpha) * soft Dice` with `alpha = 1 - e / (E - 1)`: pure CE at the first epoch, "
+        "pure Dice at the last.",
+        schedule="linear",
+    ),
+    "ce_finetune_dice": LossSpec(
+        "CE then Dice fine-tuning",
+        {"_target_": "custom_losses.CEDiceLoss", "alpha": 1.0},
+        "CE while `e <= 0.9 E`, then soft Dice for the last ~10% of the epochs.",
+        schedule="finetune",
+    ),
+    "balanced_ce": LossSpec(
+        "Balanced CE",
+        {"_target_": "custom_losses.BalancedCrossEntropyLoss"},
+        "Class-balanced CE: per image, class `c` with `n_c` of `N` pixels weighted `N / (K n_c)`.",
+        references=("dbce",),
+    ),
+    "dbce": LossSpec(
+        "Dilated balanced CE",
+        {"_target_": "custom_losses.DilatedBalancedCrossEntropyLoss", "radius": "@dbce_radius"},
+        "Balanced CE over regions made of each lesion and its dilation by a disk of radius `dbce_radius` "
+        "(overridable), so the high lesion weight also covers a band of background around each lesion.",
+        references=("dbce",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A 2D RGB lesion dataset: data, network, sizes, training defaults and the text of the docs."""
+
+    name: str
+    title: str
+    task: str
+    image_size: int
+    data_source: str
+    train_data: str
+    test_data: str
+    prepare_command: str
+    data_license: str
+    references: tuple[str, ...]
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    dbce_radius: int = 5
+    backbone: str = "resnet18"
+    extra_defaults: dict = field(default_factory=dict)
+
+
+POLYP = DatasetSpec(
+    name="polyp",
+    title="Polyp segmentation in colonoscopy",
+    task="Binary segmentation of polyps in colonoscopy frames",
+    image_size=352,
+    data_source="Training: Kvasir-SEG (1000 frames with polyps, https://datasets.simula.no/kvasir-seg/). "
+    "Test: EndoTect 2021 test set, 200 polyp frames plus 20 lesion-free ulcerative-colitis frames from "
+    "HyperKvasir (https://datasets.simula.no/hyper-kvasir/). Prepared with scripts/prepare_data.py.",
+    train_data="Kvasir-SEG, 1000 frames that all contain a polyp, split into 5 folds of 200 (fixed seed); "
+    "training uses 4 folds, validation the fifth",
+    test_data="EndoTect 2021 test: 200 polyp frames (in distribution) + 20 lesion-free ulcerative-colitis "
+    "frames (out of distribution: the model never saw an image without a lesion)",
+    prepare_command="python scripts/prepare_data.py polyp --kvasir_dir=KVASIR --endotect_dir=ENDOTECT "
+    "--output_dir=DATA/polyp --size=352",
+    data_license="Kvasir-SEG (Simula Research Laboratory) may be used for research and educational purposes "
+    "only; cite Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020. The EndoTect 2021 test frames "
+    "and the HyperKvasir ulcerative-colitis frames are distributed by Simula under the HyperKvasir terms; "
+    "cite Borgli et al., Scientific Data 2020. The binding terms are those on "
+    "https://datasets.simula.no/kvasir-seg/ and https://datasets.simula.no/hyper-kvasir/. No data is "
+    "distributed with this bundle.",
+    references=("kvasir", "hyperkvasir", "flexunet"),
+)
+
+DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP}
+
+
+def expr(text: str) -> str:
+    """A MONAI config expression."""
+    return "$" + text
+
+
+def from_engine(keys: list[str], first: bool = False) -> str:
+    return expr(f"monai.handlers.from_engine({keys!r}{', first=True' if first else ''})")
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def load_transforms() -> list[dict]:
+    """Deterministic part: read, scale to [0, 1], binarize the mask at > 127, resize. Cached by CacheDataset."""
+    return [
+        {
+            "_target_": "LoadImaged",
+            "keys": "image",
+            "reader": "PILReader",
+            "converter": expr("lambda image: image.convert('RGB')"),
+            "image_only": True,
+        },
+        {
+            "_target_": "LoadImaged",
+            "keys": "label",
+            "reader": "PILReader",
+            "converter": expr("lambda image: image.convert('L')"),
+            "image_only": True,
+        },
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": 0.0,
+            "a_max": 255.0,
+            "b_min": 0.0,
+            "b_max": 1.0,
+            "clip": True,
+        },
+        {"_target_": "AsDiscreted", "keys": "label", "threshold": 127.5},
+        {
+            "_target_": "Resized",
+            "keys": ["image", "label"],
+            "spatial_size": "@spatial_size",
+            "mode": ["area", "nearest"],
+        },
+        {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": expr("torch.float32")},
+    ]
+
+
+def augmentations() -> list[dict]:
+    """Random part: flips, rotation, scale, colour jitter (per-channel intensity scale, shift, gamma)."""
+    keys = ["image", "label"]
+    return [
+        {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
+        {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 1},
+        {
+            "_target_": "RandAffined",
+            "keys": keys,
+            "prob": 0.5,
+            "rotate_range": [0.5],
+            "scale_range": [0.2, 0.2],
+            "mode": ["bilinear", "nearest"],
+            "padding_mode": "zeros",
+        },
+        {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.15, "prob": 0.5, "channel_wise": True},
+        {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+        {"_target_": "RandAdjustContrastd", "keys": "image", "gamma": [0.7, 1.5], "prob": 0.5},
+    ]
+
+
+def common_config(spec: DatasetSpec) -> dict:
+    """Ids shared by train, evaluate and inference: paths, device, network."""
+    return {
+        "imports": ["$import copy", "$import os", "$import torch", "$import monai", "$import custom_losses"],
+        "bundle_root": ".",
+        "output_dir": "@bundle_root",
+        "fold": 1,
+        "ckpt_dir": expr("os.path.join(@output_dir, 'models', 'fold' + str(@fold))"),
+        "device": expr("torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"),
+        "amp": expr("torch.device(@device).type == 'cuda'"),
+        "image_size": spec.image_size,
+        "spatial_size": expr("[@image_size, @image_size]"),
+        "network_def": {
+            "_target_": "custom_losses.networks.ScriptableFlexibleUNet",
+            "in_channels": 3,
+            "out_channels": 1,
+            "backbone": spec.backbone,
+            "pretrained": False,
+            "spatial_dims": 2,
+        },
+        "network": expr("@network_def.to(@device)"),
+    }
+
+
+def train_config(spec: DatasetSpec, loss_name: str) -> dict:
+    loss = LOSSES[loss_name]
+    config = common_config(spec)
+    config.update(
+        {
+            "dataset_dir": f"/workspace/data/{spec.name}",
+            "datalist_file": expr("os.path.join(@dataset_dir, 'datalist.json')"),
+            "log_dir": expr("os.path.join(@output_dir, 'logs', 'fold' + str(@fold))"),
+            "seed": 0,
+            "epochs": spec.epochs,
+            "batch_size": spec.batch_size,
+            "val_batch_size": spec.batch_size,
+            "num_workers": 4,
+            "cache_rate": 1.0,
+            "learning_rate": spec.learning_rate,
+            "weight_decay": 1e-4,
+            "val_interval": 1,
+            **({"dbce_radius": spec.dbce_radius} if loss_name == "dbce" else {}),
+            **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
+            **spec.extra_defaults,
+            "loss": copy.deepcopy(loss.config),
+            "optimizer": {
+                "_target_": "torch.optim.AdamW",
+                "params": expr("@network.parameters()"),
+                "lr": "@learning_rate",
+                "weight_decay": "@weight_decay",
+            },
+            "lr_scheduler": {
+                "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "optimizer": "@optimizer",
+                "T_max": "@epochs",
+            },
+        }
+    )
+    post = {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        ],
+    }
+    # Scheduler handlers first; the last three (logging, final checkpoint) run on rank 0 only under DDP.
+    handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
+    if loss.schedule:
+        handlers.append(
+            {
+                "_target_": "custom_losses.alpha_scheduler",
+                "loss": "@loss",
+                "schedule": "@alpha_schedule",
+                "epochs": "@epochs",
+            }
+        )
+    handlers += [
+        {
+            "_target_": "ValidationHandler",
+            "validator": "@validate#evaluator",
+            "epoch_level": True,
+            "interval": "@val_interval",
+        },
+        {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": from_engine(["loss"], True)},
+        {
+            "_target_": "TensorBoardStatsHandler",
+            "log_dir": "@log_dir",
+            "tag_name": "train_loss",
+            "output_transform": from_engine(["loss"], True),
+        },
+        {
+            "_target_": "CheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": {"model": "@network"},
+            "save_final": True,
+            "final_filename": "model_final.pt",
+        },
+    ]
+    config["train"] = {
+        "datalist": expr("custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train')"),
+        "deterministic_transforms": load_transforms(),
+        "random_transforms": augmentations(),
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": expr("@train#deterministic_transforms + @train#random_transforms"),
+        },
+        "dataset": {
+            "_target_": "CacheDataset",
+            "data": "@train#datalist",
+            "transform": "@train#preprocessing",
+            "cache_rate": "@cache_rate",
+        },
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@train#dataset",
+            "batch_size": "@batch_size",
+            "shuffle": True,
+            "num_workers": "@num_workers",
+        },
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": post,
+        "handlers": handlers,
+        "key_metric": {
+            "train_mean_dice": {
+                "_target_": "MeanDice",
+                "include_background": True,
+                "output_transform": from_engine(["pred", "label"]),
+            }
+        },
+        "trainer": {
+            "_target_": "SupervisedTrainer",
+            "device": "@device",
+            "max_epochs": "@epochs",
+            "train_data_loader": "@train#dataloader",
+            "network": "@network",
+            "optimizer": "@optimizer",
+            "loss_function": "@loss",
+            "inferer": "@train#inferer",
+            "postprocessing": "@train#postprocessing",
+            "key_train_metric": "@train#key_metric",
+            "train_handlers": "@train#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+    }
+    config["validate"] = {
+        "datalist": expr("custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate')"),
+        "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
+        "dataset": {
+            "_target_": "CacheDataset",
+            "data": "@validate#datalist",
+            "transform": "@validate#preprocessing",
+            "cache_rate": "@cache_rate",
+        },
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@validate#dataset",
+            "batch_size": "@val_batch_size",
+            "shuffle": False,
+            "num_workers": "@num_workers",
+        },
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": "%train#postprocessing",
+        "handlers": [
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
+            {
+                "_target_": "CheckpointSaver",
+                "save_dir": "@ckpt_dir",
+                "save_dict": {"model": "@network"},
+                "save_key_metric": True,
+                "key_metric_filename": "model.pt",
+            },
+        ],
+        "key_metric": {
+            "val_mean_dice": {
+                "_target_": "MeanDice",
+                "include_background": True,
+                "output_transform": from_engine(["pred", "label"]),
+            }
+        },
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "network": "@network",
+            "inferer": "@validate#inferer",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+    }
+    config["initialize"] = [expr("monai.utils.set_determinism(seed=@seed)")]
+    config["run"] = [expr("@train#trainer.run()")]
+    return config
+
+
+def probability_postprocessing(pred_keys: str | list[str] = "pred") -> dict:
+    """Sigmoid, keep the probability as ``prob`` (for the metrics), threshold ``pred`` at 0.5."""
+    transforms = [{"_target_": "Activationsd", "keys": pred_keys, "sigmoid": True}]
+    if pred_keys != "pred":
+        transforms.append({"_target_": "MeanEnsembled", "keys": pred_keys, "output_key": "pred"})
+    transforms += [
+        {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
+        {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+    ]
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def test_key_metric() -> dict:
+    # MONAI's MeanDice handler skips empty labels; DiceMetric(ignore_empty=False) counts lesion-free
+    # frames with Galdran's convention (both empty = 1, one empty = 0).
+    return {
+        "test_dice_all": {
+            "_target_": "IgniteMetricHandler",
+            "metric_fn": {"_target_": "DiceMetric", "include_background": True, "ignore_empty": False},
+            "output_transform": from_engine(["pred", "label"]),
+        }
+    }
+
+
+def evaluate_config(spec: DatasetSpec) -> dict:
+    """Merged over train.json: the test split through the validation pipeline, metrics to ``eval_dir``."""
+    return {
+        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
+        "validate#datalist": expr("custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test')"),
+        "validate#postprocessing": probability_postprocessing(),
+        "validate#key_metric": test_key_metric(),
+        "validate#handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@checkpoint",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {
+                "_target_": "custom_losses.handlers.LesionMetricsWriter",
+                "output_dir": "@eval_dir",
+                "threshold": 0.5,
+                "num_bins": 20,
+                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
+            },
+        ],
+        "initialize": [expr("monai.utils.set_determinism(seed=@seed)")],
+        "run": [expr("@validate#evaluator.run()")],
+    }
+
+
+def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
+    """Merged over train.json and evaluate.json: mean probability of the fold models (as Galdran et al.)."""
+    return {
+        "folds": [1, 2, 3, 4, 5],
+        "ensemble_pred_keys": expr("['pred_fold' + str(k) for k in @folds]"),
+        "ensemble_networks": expr(
+            "[custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
+            "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device) for k in @folds]"
+        ),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'ensemble')"),
+        "validate#postprocessing": probability_postprocessing("@ensemble_pred_keys"),
+        "validate#handlers": [
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {
+                "_target_": "custom_losses.handlers.LesionMetricsWriter",
+                "output_dir": "@eval_dir",
+                "threshold": 0.5,
+                "num_bins": 20,
+                "extra": {"folds": "@folds"},
+            },
+        ],
+        "validate#evaluator": {
+            "_target_": "EnsembleEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "networks": "@ensemble_networks",
+            "pred_keys": "@ensemble_pred_keys",
+            "inferer": "@validate#inferer",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+    }
+
+
+def inference_config(spec: DatasetSpec) -> dict:
+    """Standalone: every .jpg/.png in ``input_dir`` -> a 0/255 PNG mask at the input's own size."""
+    config = common_config(spec)
+    image_loading = load_transforms()[0]
+    config.update(
+        {
+            "imports": config["imports"] + ["$import glob", "$import numpy"],
+            "input_dir": "@bundle_root",
+            "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
+            "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+            "threshold": 0.5,
+            "datalist": expr(
+                "[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, '*.jpg')) "
+                "+ glob.glob(os.path.join(@input_dir, '*.jpeg')) + glob.glob(os.path.join(@input_dir, '*.png')))]"
+            ),
+            "preprocessing": {
+                "_target_": "Compose",
+                "transforms": [
+                    image_loading,
+                    {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                    {
+                        "_target_": "ScaleIntensityRanged",
+                        "keys": "image",
+                        "a_min": 0.0,
+                        "a_max": 255.0,
+                        "b_min": 0.0,
+                        "b_max": 1.0,
+                        "clip": True,
+                    },
+                    {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
+                    {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+                ],
+            },
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": {
+                "_target_": "Compose",
+                "transforms": [
+                    {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                    {
+                        "_target_": "Invertd",
+                        "keys": "pred",
+                        "transform": "@preprocessing",
+                        "orig_keys": "image",
+                        "nearest_interp": False,
+                    },
+                    {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
+                    {
+                        "_target_": "SaveImaged",
+                        "keys": "pred",
+                        "output_dir": "@prediction_dir",
+                        "output_postfix": "seg",
+                        "output_ext": ".png",
+                        "output_dtype": expr("numpy.uint8"),
+                        "scale": 255,
+                        "separate_folder": False,
+                        "resample": False,
+                        "writer": "PILWriter",
+                    },
+                ],
+            },
+            "handlers": [
+                {
+                    "_target_": "CheckpointLoader",
+                    "load_path": "@checkpoint",
+                    "load_dict": {"model": "@network"},
+                    "map_location": "@device",
+                },
+                {"_target_": "StatsHandler", "iteration_log": False},
+            ],
+            "evaluator": {
+                "_target_": "SupervisedEvaluator",
+                "device": "@device",
+                "val_data_loader": "@dataloader",
+                "network": "@network",
+                "inferer": "@inferer",
+                "postprocessing": "@postprocessing",
+                "val_handlers": "@handlers",
+                "amp": "@amp",
+                "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+            },
+            "initialize": [expr("monai.utils.set_determinism(seed=0)")],
+            "run": [expr("@evaluator.run()")],
+        }
+    )
+    return config
+
+
+def multi_gpu_config(num_rank0_handlers: int) -> dict:
+    """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU."""
+    return {
+        "device": expr(
+            "torch.device('cuda:' + os.environ['LOCAL_RANK']) if torch.cuda.is_available() else torch.device('cpu')"
+        ),
+        "network": {
+            "_target_": "torch.nn.parallel.DistributedDataParallel",
+            "module": expr("@network_def.to(@device)"),
+            "device_ids": expr("[@device] if torch.cuda.is_available() else None"),
+        },
+        "train#sampler": {
+            "_target_": "DistributedSampler",
+            "dataset": "@train#dataset",
+            "even_divisible": True,
+            "shuffle": True,
+        },
+        "train#dataloader#sampler": "@train#sampler",
+        "train#dataloader#shuffle": False,
+        "train#trainer#train_handlers": expr(
+            f"@train#handlers[: -{num_rank0_handlers} if torch.distributed.get_rank() > 0 else None]"
+        ),
+        "validate#sampler": {
+            "_target_": "DistributedSampler",
+            "dataset": "@validate#dataset",
+            "even_divisible": False,
+            "shuffle": False,
+        },
+        "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": expr("None if torch.distributed.get_rank() > 0 else @validate#handlers"),
+        "initialize": [
+            expr(
+                "torch.distributed.is_initialized() or torch.distributed.init_process_group("
+                "backend='nccl' if torch.cuda.is_available() else 'gloo')"
+            ),
+            expr("torch.cuda.set_device(@device) if torch.cuda.is_available() else None"),
+            expr("monai.utils.set_determinism(seed=@seed)"),
+        ],
+        "run": [expr("@train#trainer.run()")],
+        "finalize": [expr("torch.distributed.is_initialized() and torch.distributed.destroy_process_group()")],
+    }
+
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+
+# ------------------------------------------------------------------------------------------- metadata and docs
+
+
+def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
+    loss = LOSSES[loss_name]
+    size = spec.image_size
+    meta = {
+        "schema": SCHEMA_URL,
+        "version": BUNDLE_VERSION,
+        "changelog": {BUNDLE_VERSION: "first version: generated by scripts/make_bundles.py"},
+        "monai_version": MONAI_VERSION,
+        "pytorch_version": PYTORCH_VERSION,
+        "numpy_version": NUMPY_VERSION,
+        "required_packages_version": {
+            "pytorch-ignite": IGNITE_VERSION,
+            "custom_losses": CUSTOM_LOSSES_VERSION,
+            "pillow": "13.0.0",
+            "tensorboard": "2.21.0",
+        },
+        "name": f"{spec.title}: {loss.title}",
+        "task": f"{spec.task}, trained with the {loss.title} loss",
+        "description": f"FlexibleUNet ({spec.backbone} encoder, trained from scratch) for {spec.task.lower()}, "
+        f"trained with {loss.title}: {loss.description} Part of the lesion-loss collection, which trains the "
+        "same network with seven losses and tests each on lesion images and on lesion-free images.",
+        "authors": "lesion-loss bundles authors",
+        "copyright": "Copyright (c) 2026 lesion-loss bundles authors",
+        "data_source": spec.data_source,
+        "data_type": "png",
+        "image_classes": "RGB frame, intensities scaled to [0, 1]",
+        "label_classes": "single channel binary mask: 1 lesion, 0 background",
+        "pred_classes": "single channel logit of the lesion class (sigmoid > 0.5 = lesion)",
+        "intended_use": "Research on segmentation losses only. Not a medical device; not for clinical use.",
+        "references": [REFERENCES[key] for key in (*loss.references, *spec.references)],
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "endoscopy (RGB)",
+                    "num_channels": 3,
+                    "spatial_shape": [size, size],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "R", "1": "G", "2": "B"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 1,
+                    "spatial_shape": [size, size],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "lesion logit"},
+                }
+            },
+        },
+    }
+    if results:
+        meta["eval_metrics"] = results
+    return meta
+
+
+def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
+    loss = LOSSES[loss_name]
+    bundle = f"{spec.name}_{loss_name}"
+    overrides = []
+    if loss_name == "dbce":
+        overrides.append(f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in pixels.")
+    if loss.schedule:
+        overrides.append(
+            f"- `alpha_schedule` (default `{loss.schedule}`): `combo`, `linear` or `finetune`, applied by "
+            "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume)."
+        )
+    loss_overrides = "\n".join(overrides)
+    return f"""# {bundle}: {spec.title}, {loss.title}
+
+Generated by `scripts/make_bundles.py`; edit the generator, not this file.
+
+## Loss
+
+**{loss.title}** (`{loss.config["_target_"]}`): {loss.description}
+
+References: {"; ".join(REFERENCES[key] for key in loss.references)}.
+
+## Data
+
+- Training: {spec.train_data}.
+- Test: {spec.test_data}.
+- Prepare once (writes resized copies and `datalist.json`; checks every file first):
+
+```bash
+{spec.prepare_command}
+```
+
+Licence of the data: see `docs/data_license.txt`.
+
+## Model and training
+
+FlexibleUNet with a {spec.backbone} encoder trained from scratch (no pretrained weights), input
+{spec.image_size}x{spec.image_size} RGB scaled to [0, 1], one output channel (lesion logit). AdamW, learning
+rate {spec.learning_rate} with cosine decay, batch {spec.batch_size}, {spec.epochs} epochs, random flips,
+rotation, scale and colour jitter, bf16 autocast on GPU. The best validation checkpoint is
+`models/fold<k>/model.pt`, the last one `models/fold<k>/model_final.pt`.
+
+## Commands (from this folder, with `custom_losses` installed)
+
+```bash
+# train fold 1 (any of 1..5); every id of the config can be overridden the same way
+python -m monai.bundle run --config_file configs/train.json --dataset_dir DATA/{spec.name} \\
+    --fold 1 --epochs {spec.epochs}
+
+# evaluate on the test set -> eval/fold1/per_image.csv and eval/fold1/summary.json
+python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \\
+    --dataset_dir DATA/{spec.name} --fold 1
+
+# ensemble of the five fold models -> eval/ensemble/
+python -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/evaluate.json','configs/evaluate_ensemble.json']" \\
+    --dataset_dir DATA/{spec.name}
+
+# segment every .jpg/.png of a folder -> predictions/<name>_seg.png at the input size
+python -m monai.bundle run --config_file configs/inference.json --input_dir IMAGES --fold 1
+
+# two GPUs (DistributedDataParallel; gloo on CPU)
+torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir DATA/{spec.name}
+
+# TorchScript export
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/fold1/model.pt \\
+    --meta_file configs/metadata.json --config_file configs/inference.json
+```
+
+Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`), `output_dir` (where
+`models/`, `eval/` and `logs/` go), `batch_size`, `num_workers`, `image_size`, `learning_rate`.
+
+{loss_overrides}
+
+## Evaluation
+
+`evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image and a
+summary: Dice and IoU on lesion images; Dice over all images with Galdran's convention (both masks empty
+= 1, exactly one empty = 0); the share of images predicted empty (ideal: the share of lesion-free
+images); on lesion-free images the share with any predicted lesion (image-level false-positive rate) and
+the mean false-positive area; on lesion images the signed relative area error from the thresholded mask
+and from the sum of probabilities; the expected calibration error of the lesion probability (20 bins).
+
+## Results
+
+{results_table}
+"""
+
+
+def results_table(spec: DatasetSpec, loss_name: str, results: dict | None) -> str:
+    if not results:
+        return (
+            "Pending: no GPU run of this bundle on the real data has been recorded yet "
+            f"(`bundles/results/{spec.name}.json` holds measured results once they exist)."
+        )
+    rows = "\n".join(f"| {key} | {value} |" for key, value in results.items() if key != "measured_with")
+    return f"Measured with: {results.get('measured_with', 'unknown')}\n\n| metric | value |\n|---|---|\n{rows}"
+
+
+def dump_json(data: dict) -> str:
+    return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+
+
+def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
+    """Every generated file of one bundle, relative path -> text."""
+    results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
+    all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = all_results.get(loss_name)
+    num_rank0_handlers = 3  # StatsHandler, TensorBoardStatsHandler, final CheckpointSaver
+    return {
+        "configs/metadata.json": dump_json(metadata(spec, loss_name, results)),
+        "configs/train.json": dump_json(train_config(spec, loss_name)),
+        "configs/evaluate.json": dump_json(evaluate_config(spec)),
+        "configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec)),
+        "configs/inference.json": dump_json(inference_config(spec)),
+        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(num_rank0_handlers)),
+        "configs/logging.conf": LOGGING_CONF,
+        "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
+        "docs/data_license.txt": spec.data_license + "\n",
+        "LICENSE": (REPO / "LICENSE").read_text(),
+    }
+
+
+def all_bundles() -> dict[str, dict[str, str]]:
+    return {
+        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name) for spec in DATASETS.values() for loss_name in LOSSES
+    }
+
+
+def main(check: bool = False, output_dir: str | None = None) -> None:
+    """Write (or with ``--check`` compare) every bundle under ``bundles/`` (or ``output_dir``)."""
+    root = Path(output_dir) if output_dir else BUNDLES_DIR
+    stale = []
+    for bundle, files in all_bundles().items():
+        for relative, text in files.items():
+            path = root / bundle / relative
+            if check:
+                if not path.is_file() or path.read_text() != text:
+                    stale.append(str(path))
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    if check and stale:
+        print("out of date (run python scripts/make_bundles.py):\n  " + "\n  ".join(stale), file=sys.stderr)
+        sys.exit(1)
+    if not check:
+        print(f"wrote {len(all_bundles())} bundles to {root}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
