@@ -1,0 +1,315 @@
+"""Which loss for my lesion task? Train the loss bundles of a dataset, evaluate them, report.
+
+    python scripts/run_study.py demo                                   # synthetic data, CPU, ~10 min
+    python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1] --epochs=40 --device=cuda
+    python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
+    python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
+
+Each (bundle, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
+bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/`` (``models/``, ``eval/``, ``logs/``), with
+its console output in ``OUTPUT/runs/<bundle>/fold<k>.log``. A finished stage (training: ``model_final.pt``;
+evaluation: ``summary.json``) is skipped when the study is run again, so an interrupted study resumes.
+A failed run is reported and the others go on; the exit status is 1 if any run failed.
+The report: ``results.csv``, ``results.md`` and PNG plots in ``OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fire
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
+    sys.path.insert(0, str(REPO))
+
+from scripts.make_bundles import LOSSES  # noqa: E402
+from scripts.study_report import write_report  # noqa: E402
+
+DATASETS = ("polyp", "footulcer", "hippocampus", "demo")
+DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
+EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
+
+
+class StudyError(ValueError):
+    """A study that cannot start: the message names what is missing or wrong."""
+
+
+def bundle_names(dataset: str, bundles: list[str] | str | None, bundles_dir: Path) -> list[str]:
+    """Bundle folders to run: ``<dataset>_<loss>`` for the chosen losses (default: every loss)."""
+    prefix = "polyp" if dataset == "demo" else dataset
+    if bundles is None:
+        names = [f"{prefix}_{loss}" for loss in LOSSES]
+        names = [n for n in names if (bundles_dir / n).is_dir()] or names
+    else:
+        requested = [bundles] if isinstance(bundles, str) else list(bundles)
+        names = [b if b.startswith(prefix + "_") else f"{prefix}_{b}" for b in requested]
+    missing = [n for n in names if not (bundles_dir / n / "configs" / "train.json").is_file()]
+    if missing:
+        raise StudyError(f"no bundle {', '.join(missing)} in {bundles_dir} (train.json missing)")
+    return names
+
+
+def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
+    if stage == "train":
+        return (run_dir / "models" / f"fold{fold}" / "model_final.pt").is_file()
+    if stage == "evaluate":
+        return (run_dir / "eval" / f"fold{fold}" / "summary.json").is_file()
+    if stage == "examples":
+        return (run_dir / "examples" / f"fold{fold}" / "done").is_file()
+    raise ValueError(stage)
+
+
+def run_bundle(
+    bundle_dir: str,
+    run_dir: str,
+    data_dir: str,
+    fold: int,
+    overrides: dict | str = "{}",
+    examples_dir: str | None = None,
+    ensemble_folds: list[int] | str | None = None,
+) -> None:
+    """One (bundle, fold) in this process: train, evaluate, predict the example images (stages already
+    done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation."""
+    from monai.bundle import run
+
+    bundle, out = Path(bundle_dir), Path(run_dir)
+    configs = bundle / "configs"
+    overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    common = {
+        "bundle_root": str(bundle),
+        "output_dir": str(out),
+        "logging_file": str(configs / "logging.conf"),
+        "meta_file": str(configs / "metadata.json"),
+        **overrides,
+    }
+    evaluate = [str(configs / "train.json"), str(configs / "evaluate.json")]
+    if ensemble_folds is not None:
+        folds = json.loads(ensemble_folds) if isinstance(ensemble_folds, str) else list(ensemble_folds)
+        ensemble = evaluate + [str(configs / "evaluate_ensemble.json")]
+        run(config_file=ensemble, dataset_dir=data_dir, folds=folds, **common)
+        return
+    if not stage_done(out, fold, "train"):
+        print(f"stage: train {bundle.name} fold {fold}", flush=True)
+        run(config_file=str(configs / "train.json"), dataset_dir=data_dir, fold=fold, **common)
+    if not stage_done(out, fold, "evaluate"):
+        print(f"stage: evaluate {bundle.name} fold {fold}", flush=True)
+        run(config_file=evaluate, dataset_dir=data_dir, fold=fold, **common)
+    if examples_dir and not stage_done(out, fold, "examples"):
+        print(f"stage: examples {bundle.name} fold {fold}", flush=True)
+        prediction_dir = out / "examples" / f"fold{fold}"
+        inference = {k: v for k, v in common.items() if k in ("bundle_root", "output_dir", "logging_file", "meta_file")}
+        inference.update({k: v for k, v in overrides.items() if k in ("device", "image_size")})
+        run(
+            config_file=str(configs / "inference.json"),
+            input_dir=examples_dir,
+            prediction_dir=str(prediction_dir),
+            fold=fold,
+            **inference,
+        )
+        (prediction_dir / "done").write_text("ok\n")
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _run_child(command: list[str], log_path: Path, label: str, started: float, runs_left: int) -> int:
+    """Run one child process, tee its output to ``log_path`` and print epoch progress with time left."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_start = time.time()
+    last_report = 0.0
+    with (
+        open(log_path, "a") as log,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as child,
+    ):
+        for line in child.stdout:
+            log.write(line)
+            match = EPOCH_LINE.search(line)
+            if match and time.time() - last_report > 5:
+                epoch, epochs, iteration, iterations = (int(g) for g in match.groups())
+                done = (epoch - 1 + iteration / iterations) / epochs
+                elapsed = time.time() - run_start
+                left = elapsed * (1 - done) / max(done, 1e-6)
+                print(
+                    f"  {label}: epoch {epoch}/{epochs}, {_format_seconds(elapsed)} elapsed, "
+                    f"~{_format_seconds(left)} left for this run, {runs_left} run(s) after it, "
+                    f"study running for {_format_seconds(time.time() - started)}",
+                    flush=True,
+                )
+                last_report = time.time()
+            elif line.startswith("stage: "):
+                print(f"  {label}: {line[7:].strip()}", flush=True)
+    return child.returncode
+
+
+def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
+    """Synthetic lesion dataset in the official layouts, prepared exactly as real data."""
+    from scripts.demo_data import write_demo_layouts
+    from scripts.prepare_data import prepare_polyp
+
+    prepared = data_root / "prepared"
+    if (prepared / "datalist.json").is_file():
+        return prepared
+    kvasir, endotect = write_demo_layouts(data_root / "raw", seed=seed)
+    prepare_polyp(kvasir, endotect, prepared, size=DEMO_SETTINGS["image_size"], seed=seed)
+    return prepared
+
+
+def choose_examples(data_dir: Path, destination: Path, per_kind: int = 3) -> Path:
+    """Copy a few test images with and without a lesion for the example grid."""
+    if destination.is_dir() and any(destination.iterdir()):
+        return destination
+    datalist = json.loads((data_dir / "datalist.json").read_text())
+    destination.mkdir(parents=True, exist_ok=True)
+    for lesion_free in (False, True):
+        items = [t for t in datalist.get("test", []) if t.get("lesion_free") == lesion_free][:per_kind]
+        for item in items:
+            source = Path(item["image"]) if Path(item["image"]).is_absolute() else data_dir / item["image"]
+            shutil.copy(source, destination / f"{'free' if lesion_free else 'lesion'}_{source.name}")
+    return destination
+
+
+def study(
+    dataset: str,
+    data_dir: str | None = None,
+    bundles: list[str] | str | None = None,
+    folds: list[int] | int = (1,),
+    epochs: int | None = None,
+    device: str | None = None,
+    output_dir: str | None = None,
+    ensemble: bool = False,
+    examples: bool = True,
+    bundles_dir: str | None = None,
+    **overrides,
+) -> int:
+    """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds.
+
+    Args:
+        dataset: ``polyp``, ``footulcer``, ``hippocampus``, or ``demo`` (synthetic polyp-like data made
+            here, small settings for a CPU: the README's main job).
+        data_dir: the prepared dataset folder (``datalist.json`` inside, see scripts/prepare_data.py);
+            for ``demo`` it defaults to ``OUTPUT/data`` and is generated.
+        bundles: losses or bundle names (default: all of the dataset), e.g. ``[ce,dice]``.
+        folds: folds to train, e.g. ``[1,2,3,4,5]``.
+        epochs: training epochs (default: the bundle's).
+        device: ``cpu``, ``cuda``, ``cuda:1``... (default: the bundle's choice).
+        output_dir: study folder (default ``study/<dataset>``).
+        ensemble: also evaluate the mean probability of the fold models (needs every fold listed).
+        examples: predict a few test images per bundle for the example grid.
+        bundles_dir: where the bundles live (default: this repo's ``bundles/``).
+        overrides: any other bundle config id, e.g. ``--batch_size=8 --num_workers=8``.
+    """
+    if dataset not in DATASETS:
+        raise StudyError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    started = time.time()
+    out = Path(output_dir or REPO / "study" / dataset).resolve()
+    bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"
+    names = bundle_names(dataset, bundles, bundles_root)
+    folds = [folds] if isinstance(folds, int) else [int(f) for f in folds]
+    settings = dict(DEMO_SETTINGS) if dataset == "demo" else {}
+    settings.update(overrides)
+    if epochs is not None:
+        settings["epochs"] = int(epochs)
+    if device is not None:
+        settings["device"] = str(device)
+
+    if dataset == "demo":
+        data_path = Path(data_dir).resolve() if data_dir else prepare_demo_data(out / "data")
+    elif data_dir is None:
+        raise StudyError(f"{dataset}: --data_dir is required (prepare it with scripts/prepare_data.py)")
+    else:
+        data_path = Path(data_dir).resolve()
+    if not (data_path / "datalist.json").is_file():
+        raise StudyError(f"{data_path / 'datalist.json'} does not exist (prepare it with scripts/prepare_data.py)")
+    examples_dir = choose_examples(data_path, out / "example_images") if examples and dataset != "hippocampus" else None
+
+    jobs = [(name, fold) for name in names for fold in folds]
+    print(f"study {dataset}: {len(names)} bundle(s) x {len(folds)} fold(s) -> {out}", flush=True)
+    status: dict[str, dict] = {}
+    for index, (name, fold) in enumerate(jobs):
+        run_dir = out / "runs" / name
+        label = f"[{index + 1}/{len(jobs)}] {name} fold {fold}"
+        stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
+        if all(stage_done(run_dir, fold, s) for s in stages):
+            print(f"{label}: finished earlier, skipped", flush=True)
+            status[f"{name}/fold{fold}"] = {"status": "skipped (finished earlier)"}
+            continue
+        print(f"{label}: running (log: {run_dir / f'fold{fold}.log'})", flush=True)
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "run_bundle",
+            "--bundle_dir",
+            str(bundles_root / name),
+        ]
+        command += ["--run_dir", str(run_dir), "--data_dir", str(data_path), "--fold", str(fold)]
+        command += ["--overrides", json.dumps(settings)]
+        if examples_dir:
+            command += ["--examples_dir", str(examples_dir)]
+        run_start = time.time()
+        code = _run_child(command, run_dir / f"fold{fold}.log", label, started, len(jobs) - index - 1)
+        seconds = round(time.time() - run_start, 1)
+        status[f"{name}/fold{fold}"] = {"status": "ok" if code == 0 else f"failed (exit {code})", "seconds": seconds}
+        print(f"{label}: {status[f'{name}/fold{fold}']['status']} in {_format_seconds(seconds)}", flush=True)
+
+    if ensemble:
+        for name in names:
+            run_dir = out / "runs" / name
+            if (run_dir / "eval" / "ensemble" / "summary.json").is_file():
+                continue
+            command = [sys.executable, str(Path(__file__).resolve()), "run_bundle", "--bundle_dir"]
+            command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
+            command += ["--fold", "0", "--overrides", json.dumps(settings), "--ensemble_folds", json.dumps(folds)]
+            code = _run_child(command, run_dir / "ensemble.log", f"{name} ensemble", started, 0)
+            status[f"{name}/ensemble"] = {"status": "ok" if code == 0 else f"failed (exit {code})"}
+
+    failed = [key for key, value in status.items() if value["status"].startswith("failed")]
+    write_report(out, names, folds, status, settings=settings, dataset=dataset)
+    print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def report(output_dir: str) -> None:
+    """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder."""
+    out = Path(output_dir).resolve()
+    names = sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) if (out / "runs").is_dir() else []
+    if not names:
+        raise StudyError(f"{out / 'runs'} holds no runs")
+    folds = sorted({int(p.name[4:]) for n in names for p in (out / "runs" / n / "eval").glob("fold*")})
+    write_report(out, names, folds, status={}, settings={}, dataset=out.name)
+    print(f"report: {out / 'results.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"run_bundle": run_bundle, "report": report}
+    try:
+        if argv and argv[0] in commands:
+            fire.Fire(commands[argv[0]], command=argv[1:], name=argv[0])
+            return 0
+        exit_codes: list[int] = []
+
+        def study_command(*args, **kwargs) -> None:
+            exit_codes.append(study(*args, **kwargs))
+
+        study_command.__doc__ = study.__doc__
+        study_command.__signature__ = inspect.signature(study)
+        fire.Fire(study_command, command=argv, name="run_study.py")
+        return exit_codes[0] if exit_codes else 0
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
