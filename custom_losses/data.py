@@ -3,16 +3,106 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from monai.data import load_decathlon_datalist
 
+MASK_THRESHOLD = 127  # 2D masks: pixels > 127 (after conversion to grayscale) are lesion
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
-def load_split(datalist_file: str | os.PathLike, dataset_dir: str | os.PathLike, split: str) -> list[dict]:
+
+class DataError(ValueError):
+    """A dataset file that the bundles cannot use; the message names the file and the problem."""
+
+
+def _is_nifti(path: str) -> bool:
+    return path.endswith((".nii", ".nii.gz"))
+
+
+def _check_2d_pair(image_path: str, label_path: str) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            image.load()
+            image_size, image_mode = image.size, image.mode
+    except Exception as error:
+        raise DataError(f"image {image_path} is unreadable or corrupt: {error}") from error
+    if image_mode in GRAYSCALE_MODES:
+        raise DataError(f"image {image_path} has 1 channel (PIL mode {image_mode}), expected an RGB image")
+    try:
+        with Image.open(label_path) as label:
+            label_size = label.size
+            mask = np.asarray(label.convert("L"))
+    except Exception as error:
+        raise DataError(f"mask {label_path} is unreadable or corrupt: {error}") from error
+    if label_size != image_size:
+        raise DataError(
+            f"mask {label_path} is {label_size[0]}x{label_size[1]} but image {image_path} is "
+            f"{image_size[0]}x{image_size[1]}"
+        )
+    if 0 < mask.max() <= MASK_THRESHOLD:
+        raise DataError(
+            f"mask {label_path} has values up to {mask.max()}: no pixel is above the threshold {MASK_THRESHOLD}, "
+            "so it would count as empty; expected 0/255 masks (class-index masks must be scaled to 0/255)"
+        )
+
+
+def _check_nifti_pair(image_path: str, label_path: str, num_classes: int) -> None:
+    import nibabel
+
+    try:
+        image = nibabel.load(image_path)
+    except Exception as error:
+        raise DataError(f"image {image_path} is unreadable or corrupt: {error}") from error
+    try:
+        label = nibabel.load(label_path)
+        values = np.unique(np.asarray(label.dataobj))
+    except Exception as error:
+        raise DataError(f"label {label_path} is unreadable or corrupt: {error}") from error
+    if image.shape[:3] != label.shape[:3]:
+        raise DataError(f"label {label_path} has shape {label.shape} but image {image_path} has {image.shape}")
+    unknown = [v.item() for v in values if v not in range(num_classes)]
+    if unknown:
+        raise DataError(
+            f"label {label_path} holds classes {unknown} that the bundle does not know (expected 0..{num_classes - 1})"
+        )
+
+
+def check_items(items: list[dict], num_classes: int = 2, max_workers: int = 8) -> None:
+    """Open every image/label pair and raise :class:`DataError` on the first bad one, before training.
+
+    2D images (PNG/JPEG): readable, RGB, mask of the same size with values that survive the > 127
+    threshold. NIfTI: readable, same shape, label classes in ``0..num_classes-1``.
+    """
+
+    def check(item: dict) -> None:
+        if "label" not in item:
+            raise DataError(f"image {item.get('image')} has no label in the datalist")
+        if _is_nifti(item["image"]):
+            _check_nifti_pair(item["image"], item["label"], num_classes)
+        else:
+            _check_2d_pair(item["image"], item["label"])
+
+    with ThreadPoolExecutor(max_workers) as pool:
+        for _ in pool.map(check, items):
+            pass
+
+
+def load_split(
+    datalist_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    split: str,
+    check: bool = True,
+    num_classes: int = 2,
+) -> list[dict]:
     """Items of ``split`` (``training`` or ``test``) with paths resolved against ``dataset_dir``.
 
     Raises ``FileNotFoundError`` / ``ValueError`` naming the file and the problem: missing or empty
-    ``dataset_dir``, missing datalist, missing split, an entry whose image or label file does not exist.
+    ``dataset_dir``, missing datalist, missing split, an entry whose image or label file does not exist,
+    and with ``check`` every problem :func:`check_items` finds.
     """
     dataset_dir, datalist_file = Path(dataset_dir), Path(datalist_file)
     if not dataset_dir.is_dir():
@@ -29,19 +119,30 @@ def load_split(datalist_file: str | os.PathLike, dataset_dir: str | os.PathLike,
         for key in ("image", "label"):
             if key in item and not Path(item[key]).is_file():
                 raise FileNotFoundError(f"datalist {datalist_file}: {split}[{index}] {key} {item[key]} does not exist")
+    if check:
+        check_items(items, num_classes)
     return items
 
 
-def fold_split(datalist_file: str | os.PathLike, dataset_dir: str | os.PathLike, fold: int, role: str) -> list[dict]:
-    """Training items of the other folds (``role="train"``) or of ``fold`` itself (``role="validate"``)."""
+def fold_split(
+    datalist_file: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    fold: int,
+    role: str,
+    check: bool = True,
+    num_classes: int = 2,
+) -> list[dict]:
+    """Training items of the other folds (``role="train"``) or of ``fold`` itself (``role="validate"``),
+    checked with :func:`check_items` unless ``check=False``."""
     if role not in ("train", "validate"):
         raise ValueError(f"role must be 'train' or 'validate', got {role!r}")
-    items = load_split(datalist_file, dataset_dir, "training")
+    items = load_split(datalist_file, dataset_dir, "training", check=False)
     folds = sorted({item.get("fold") for item in items if "fold" in item})
     if not folds:
         raise ValueError(f"datalist {datalist_file}: training items carry no 'fold' key")
     if fold not in folds:
         raise ValueError(f"fold {fold!r} does not exist in {datalist_file}: folds are {folds}")
-    if role == "validate":
-        return [item for item in items if item.get("fold") == fold]
-    return [item for item in items if item.get("fold") != fold]
+    chosen = [item for item in items if (item.get("fold") == fold) == (role == "validate")]
+    if check:
+        check_items(chosen, num_classes)
+    return chosen

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from custom_losses.atomic import write_csv_atomic, write_json_atomic
 from custom_losses.metrics import ReliabilityHistogram, image_metrics, summarize
@@ -123,3 +124,109 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, devi
         state = state["model"]
     network.load_state_dict(state)
     return network.to(device)
+
+
+def _loss_value(output) -> float:
+    item = output[0] if isinstance(output, list) else output
+    loss = item["loss"] if isinstance(item, dict) else item
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with an error naming the epoch and iteration as soon as the loss is NaN or infinite.
+
+    The run then ends without a final checkpoint; the best-validation model and the last epoch checkpoint
+    (see :class:`EpochCheckpointSaver`) stay as they were, written before the loss went bad.
+    """
+
+    def __init__(self, ckpt_dir: str | os.PathLike | None = None) -> None:
+        self.ckpt_dir = ckpt_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = _loss_value(engine.state.output)
+        if not math.isfinite(value):
+            epoch_length = engine.state.epoch_length or 1
+            iteration = (engine.state.iteration - 1) % epoch_length + 1
+            where = f" (last good checkpoints in {self.ckpt_dir})" if self.ckpt_dir else ""
+            raise FloatingPointError(
+                f"training loss is {value} at epoch {engine.state.epoch}, iteration {iteration}/{epoch_length}: "
+                f"training stopped{where}"
+            )
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every file atomically (temporary file, then rename).
+
+    MONAI 1.6.1 builds its savers with ``atomic=False``, so a run killed while saving leaves a truncated
+    ``.pt`` that looks complete (and a later resume or evaluation fails on it). Ignite's atomic save also
+    gives group/others read permission, the reason MONAI had turned it off.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
+
+
+RESUME_PREFIX = "resume"
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
+    """The newest epoch checkpoint written by :class:`EpochCheckpointSaver` in ``ckpt_dir``."""
+    candidates = list(Path(ckpt_dir).glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
+    if not candidates:
+        raise FileNotFoundError(f"no epoch checkpoint to resume from in {ckpt_dir} (expected {RESUME_PREFIX}_*.pt)")
+    return max(candidates, key=lambda p: int(p.stem.rsplit("=", 1)[1]))
+
+
+class EpochCheckpointSaver:
+    """Save model, optimizer, LR scheduler and trainer state after every epoch (only the last is kept).
+
+    What ``resume=True`` restarts from. The trainer is added when attached, so configs need not
+    reference the trainer from inside its own handler list.
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, save_dict: dict) -> None:
+        self.save_dir = str(save_dir)
+        self.save_dict = dict(save_dict)
+
+    def attach(self, engine: Engine) -> None:
+        saver = AtomicCheckpointSaver(
+            save_dir=self.save_dir,
+            save_dict={**self.save_dict, "trainer": engine},
+            file_prefix=RESUME_PREFIX,
+            save_interval=1,
+            epoch_level=True,
+            n_saved=1,
+        )
+        saver.attach(engine)
+
+
+class ResumeFromLatestCheckpoint:
+    """With ``enabled``, load the newest :class:`EpochCheckpointSaver` checkpoint before training starts.
+
+    The trainer's epoch and iteration come back with it, so the run ends at the same ``epochs``; loss
+    schedules are functions of the epoch and resume with it.
+    """
+
+    def __init__(self, enabled: bool, ckpt_dir: str | os.PathLike, load_dict: dict, map_location=None) -> None:
+        self.enabled = bool(enabled)
+        self.ckpt_dir = ckpt_dir
+        self.load_dict = dict(load_dict)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from monai.handlers import CheckpointLoader
+
+        path = latest_checkpoint(self.ckpt_dir)
+        logging.getLogger(__name__).info("resuming from %s", path)
+        loader = CheckpointLoader(
+            load_path=str(path), load_dict={**self.load_dict, "trainer": engine}, map_location=self.map_location
+        )
+        loader.attach(engine)

@@ -42,6 +42,8 @@ REFERENCES = {
     "kvasir": "Jha D et al. Kvasir-SEG: A Segmented Polyp Dataset. MMM 2020",
     "hyperkvasir": "Borgli H et al. HyperKvasir, a comprehensive multi-class image and video dataset for "
     "gastrointestinal endoscopy. Scientific Data 2020",
+    "fuseg": "Wang C et al. Fully automatic wound segmentation with deep convolutional neural networks. "
+    "Scientific Reports 2020 (FUSeg: Foot Ulcer Segmentation Challenge, MICCAI 2021)",
     "flexunet": "He K et al. Deep Residual Learning for Image Recognition. CVPR 2016 (ResNet encoder of "
     "MONAI's FlexibleUNet)",
 }
@@ -120,6 +122,7 @@ class DatasetSpec:
     prepare_command: str
     data_license: str
     references: tuple[str, ...]
+    modality: str
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 3e-4
@@ -149,9 +152,35 @@ POLYP = DatasetSpec(
     "https://datasets.simula.no/kvasir-seg/ and https://datasets.simula.no/hyper-kvasir/. No data is "
     "distributed with this bundle.",
     references=("kvasir", "hyperkvasir", "flexunet"),
+    modality="endoscopy (RGB)",
 )
 
-DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP}
+FOOTULCER = DatasetSpec(
+    name="footulcer",
+    title="Foot ulcer segmentation in photographs",
+    task="Binary segmentation of diabetic foot ulcers (wounds) in photographs",
+    image_size=512,
+    data_source="FUSeg 2021, Foot Ulcer Segmentation Challenge (https://github.com/uwm-bigdata/wound-segmentation): "
+    "810 training and 200 validation photographs, 512x512. Prepared with scripts/prepare_data.py.",
+    train_data="the 791 FUSeg training photographs that contain a wound, split into 5 folds (fixed seed); the "
+    "19 wound-free training photographs are held out for the test set",
+    test_data="the 195 FUSeg validation photographs with a wound (in distribution) + the 24 wound-free "
+    "photographs (19 from training, 5 from validation; out of distribution). Wounds cover about 1.3% of the "
+    "pixels",
+    prepare_command="python scripts/prepare_data.py footulcer --fuseg_dir=FUSEG --output_dir=DATA/footulcer --size=512",
+    data_license="FUSeg 2021 (Foot Ulcer Segmentation Challenge, MICCAI 2021, University of Wisconsin-Milwaukee "
+    "and AZH Wound Center) is provided for research use; cite Wang et al., Fully automatic wound segmentation "
+    "with deep convolutional neural networks, Scientific Reports 2020, and the FUSeg challenge. The binding "
+    "terms are those of https://github.com/uwm-bigdata/wound-segmentation. No data is distributed with this "
+    "bundle.",
+    references=("fuseg", "flexunet"),
+    modality="photograph (RGB)",
+)
+
+DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP, "footulcer": FOOTULCER}
+
+# StatsHandler, TensorBoardStatsHandler, EpochCheckpointSaver, final CheckpointSaver: last in train#handlers
+RANK0_TRAIN_HANDLERS = 4
 
 
 def expr(text: str) -> str:
@@ -266,6 +295,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "learning_rate": spec.learning_rate,
             "weight_decay": 1e-4,
             "val_interval": 1,
+            "resume": False,
             **({"dbce_radius": spec.dbce_radius} if loss_name == "dbce" else {}),
             **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
             **spec.extra_defaults,
@@ -290,7 +320,8 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
         ],
     }
-    # Scheduler handlers first; the last three (logging, final checkpoint) run on rank 0 only under DDP.
+    # Schedulers first; the last RANK0_TRAIN_HANDLERS (logging, checkpoints) run on rank 0 only under DDP.
+    training_state = {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
     if loss.schedule:
         handlers.append(
@@ -302,6 +333,14 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             }
         )
     handlers += [
+        {
+            "_target_": "custom_losses.handlers.ResumeFromLatestCheckpoint",
+            "enabled": "@resume",
+            "ckpt_dir": "@ckpt_dir",
+            "load_dict": training_state,
+            "map_location": "@device",
+        },
+        {"_target_": "custom_losses.handlers.StopOnNonFiniteLoss", "ckpt_dir": "@ckpt_dir"},
         {
             "_target_": "ValidationHandler",
             "validator": "@validate#evaluator",
@@ -316,7 +355,12 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "output_transform": from_engine(["loss"], True),
         },
         {
-            "_target_": "CheckpointSaver",
+            "_target_": "custom_losses.handlers.EpochCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": training_state,
+        },
+        {
+            "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
             "save_dir": "@ckpt_dir",
             "save_dict": {"model": "@network"},
             "save_final": True,
@@ -392,7 +436,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
             {
-                "_target_": "CheckpointSaver",
+                "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
                 "save_dir": "@ckpt_dir",
                 "save_dict": {"model": "@network"},
                 "save_key_metric": True,
@@ -698,7 +742,7 @@ def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
         "copyright": "Copyright (c) 2026 lesion-loss bundles authors",
         "data_source": spec.data_source,
         "data_type": "png",
-        "image_classes": "RGB frame, intensities scaled to [0, 1]",
+        "image_classes": f"{spec.modality} image, intensities scaled to [0, 1]",
         "label_classes": "single channel binary mask: 1 lesion, 0 background",
         "pred_classes": "single channel logit of the lesion class (sigmoid > 0.5 = lesion)",
         "intended_use": "Research on segmentation losses only. Not a medical device; not for clinical use.",
@@ -708,7 +752,7 @@ def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
                 "image": {
                     "type": "image",
                     "format": "magnitude",
-                    "modality": "endoscopy (RGB)",
+                    "modality": spec.modality,
                     "num_channels": 3,
                     "spatial_shape": [size, size],
                     "dtype": "float32",
@@ -741,7 +785,12 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
     bundle = f"{spec.name}_{loss_name}"
     overrides = []
     if loss_name == "dbce":
-        overrides.append(f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in pixels.")
+        overrides.append(
+            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in pixels. Pick it by a sweep on fold 1 "
+            "validation, one study folder per radius: `python scripts/run_study.py "
+            f"{spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
+            f"--output_dir=study/{spec.name}_dbce_rR` for R in 1, 3, 5, 9 (sweep results: pending a GPU run)."
+        )
     if loss.schedule:
         overrides.append(
             f"- `alpha_schedule` (default `{loss.schedule}`): `combo`, `linear` or `finetune`, applied by "
@@ -811,6 +860,25 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 
 {loss_overrides}
 
+## Reliability
+
+- **Input checks before training**: a missing or empty `dataset_dir`, a missing datalist, an entry whose
+  file does not exist, an image without a label, an unreadable or corrupt image, a grayscale image, a mask of
+  another size than its image, a mask whose values would all fall under the > 127 threshold, and a fold that
+  does not exist each stop the run with one line naming the file and the problem.
+- **Non-finite loss**: a NaN or infinite training loss stops the run, naming epoch and iteration; the best
+  model (`model.pt`) and the last epoch checkpoint stay as they were and no `model_final.pt` is written.
+- **Interruption**: every epoch saves `models/fold<k>/resume_checkpoint_epoch=<e>.pt` (model, optimizer,
+  LR scheduler, trainer state; only the last is kept). Rerun the same command with `--resume True` to go on
+  from it to the same `epochs`; loss-weight schedules depend only on the epoch, so they resume with it.
+  The best-model tracking restarts after a resume: the first validation after it rewrites `model.pt`.
+- **Determinism**: `seed` (default 0) seeds Python, NumPy, PyTorch and MONAI's random transforms; two CPU
+  runs with the same seed give identical losses (tested with `num_workers=0`). On GPU, cuDNN and atomic
+  additions in some backward kernels are not bit-reproducible, so losses drift apart after a few iterations;
+  this was not measured for this version.
+- **Outputs** (`summary.json`, `per_image.csv`, datalists) are written to a temporary file and renamed, so a
+  killed run never leaves a file that looks complete.
+
 ## Evaluation
 
 `evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image and a
@@ -845,14 +913,13 @@ def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
     results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
     all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     results = all_results.get(loss_name)
-    num_rank0_handlers = 3  # StatsHandler, TensorBoardStatsHandler, final CheckpointSaver
     return {
         "configs/metadata.json": dump_json(metadata(spec, loss_name, results)),
         "configs/train.json": dump_json(train_config(spec, loss_name)),
         "configs/evaluate.json": dump_json(evaluate_config(spec)),
         "configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec)),
         "configs/inference.json": dump_json(inference_config(spec)),
-        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(num_rank0_handlers)),
+        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(RANK0_TRAIN_HANDLERS)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
         "docs/data_license.txt": spec.data_license + "\n",

@@ -1,0 +1,267 @@
+"""Reliability of the bundles: bad input, non-finite loss, interruption and resume, determinism, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from monai.utils import set_determinism
+from PIL import Image
+
+from custom_losses import CrossEntropyLoss
+from custom_losses.atomic import write_json_atomic
+from custom_losses.data import DataError, check_items, fold_split, load_split
+from custom_losses.handlers import AtomicCheckpointSaver, LesionMetricsWriter
+from scripts.make_bundles import BUNDLES_DIR
+from scripts.prepare_data import prepare_polyp
+from scripts.synthetic import write_endotect_layout, write_kvasir_layout
+from tests.test_bundles import FAST, run_workflow
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reliability")
+    write_kvasir_layout(root / "kvasir", n_images=20, size=(72, 64), seed=4)
+    write_endotect_layout(root / "endotect", n_lesion=4, n_lesion_free=2, size=(72, 64), seed=5)
+    prepare_polyp(root / "kvasir", root / "endotect", root / "prepared", size=64)
+    return root / "prepared"
+
+
+@pytest.fixture
+def dataset(prepared, tmp_path) -> Path:
+    """A private copy the test may break."""
+    return Path(shutil.copytree(prepared, tmp_path / "data"))
+
+
+def first_training_item(dataset: Path) -> tuple[dict, Path, Path]:
+    """The datalist and the first item that fold 1's training split uses (it is not in fold 1)."""
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    item = next(i for i in datalist["training"] if i["fold"] != 1)
+    return datalist, dataset / item["image"], dataset / item["label"]
+
+
+def expect_error(dataset: Path, exception: type, *fragments: str, fold: int = 1) -> None:
+    with pytest.raises(exception) as error:
+        fold_split(dataset / "datalist.json", dataset, fold, "train")
+    message = str(error.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_clean_dataset_passes_the_checks(dataset):
+    assert len(fold_split(dataset / "datalist.json", dataset, 1, "train")) == 16
+    assert len(load_split(dataset / "datalist.json", dataset, "test")) == 6
+
+
+def test_missing_or_empty_dataset_dir_and_datalist(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset_dir .*nowhere does not exist"):
+        fold_split(tmp_path / "nowhere" / "datalist.json", tmp_path / "nowhere", 1, "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="dataset_dir .*empty is empty"):
+        fold_split(tmp_path / "empty" / "datalist.json", tmp_path / "empty", 1, "train")
+    (dataset / "datalist.json").unlink()
+    expect_error(dataset, FileNotFoundError, "datalist", "datalist.json does not exist")
+
+
+def test_entry_pointing_to_a_missing_file(dataset):
+    _, image, _ = first_training_item(dataset)
+    image.unlink()
+    expect_error(dataset, FileNotFoundError, "image", image.name, "does not exist")
+
+
+def test_image_without_label(dataset):
+    datalist, image, _ = first_training_item(dataset)
+    next(i for i in datalist["training"] if i["fold"] != 1).pop("label")
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    expect_error(dataset, DataError, image.name, "has no label")
+
+
+def test_corrupt_image(dataset):
+    _, image, _ = first_training_item(dataset)
+    image.write_bytes(image.read_bytes()[:60])
+    expect_error(dataset, DataError, str(image), "unreadable or corrupt")
+
+
+def test_grayscale_image(dataset):
+    _, image, _ = first_training_item(dataset)
+    Image.open(image).convert("L").save(image)
+    expect_error(dataset, DataError, str(image), "1 channel", "expected an RGB image")
+
+
+def test_mask_of_another_size(dataset):
+    _, image, label = first_training_item(dataset)
+    Image.open(label).resize((32, 64)).save(label)
+    expect_error(dataset, DataError, str(label), "32x64", str(image), "64x64")
+
+
+def test_mask_values_below_the_threshold(dataset):
+    _, _, label = first_training_item(dataset)
+    mask = np.asarray(Image.open(label)) > 127
+    Image.fromarray(mask.astype(np.uint8)).save(label)  # 0/1 class indices instead of 0/255
+    expect_error(dataset, DataError, str(label), "values up to 1", "threshold 127")
+
+
+def test_fold_that_does_not_exist(dataset):
+    expect_error(dataset, ValueError, "fold 7 does not exist", "folds are [1, 2, 3, 4, 5]", fold=7)
+
+
+def test_nifti_label_with_unknown_class(tmp_path):
+    image = np.random.default_rng(0).random((6, 7, 5), dtype=np.float32)
+    label = np.zeros((6, 7, 5), dtype=np.uint8)
+    label[2:4, 2:4, 2:4] = 2
+    nibabel.save(nibabel.Nifti1Image(image, np.eye(4)), tmp_path / "image.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), tmp_path / "good.nii.gz")
+    label[0, 0, 0] = 5
+    nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), tmp_path / "bad.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(label[:5], np.eye(4)), tmp_path / "short.nii.gz")
+    check_items([{"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "good.nii.gz")}], num_classes=3)
+    with pytest.raises(DataError, match=r"bad.nii.gz holds classes \[5\] that the bundle does not know"):
+        check_items([{"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "bad.nii.gz")}], num_classes=3)
+    with pytest.raises(DataError, match=r"short.nii.gz has shape \(5, 7, 5\)"):
+        check_items([{"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "short.nii.gz")}], num_classes=3)
+
+
+class NaNAfterLoss(CrossEntropyLoss):
+    """CE that turns NaN after ``after`` calls: a training run that goes wrong on purpose."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.calls = 0
+
+    def forward(self, input, target):
+        self.calls += 1
+        loss = super().forward(input, target)
+        return loss * math.nan if self.calls > self.after else loss
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_epoch_and_iteration(prepared, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "polyp_ce"))
+    nan_loss = {"_target_": "tests.test_reliability.NaNAfterLoss", "after": 5}  # 4 iterations per epoch
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps what the run raised
+        run_workflow(bundle, ["train.json"], dataset_dir=str(prepared), **{**FAST, "epochs": 3}, loss=nan_loss)
+    assert isinstance(error.value.__cause__, FloatingPointError)
+    assert "training loss is nan at epoch 2, iteration 2/4" in str(error.value.__cause__)
+    models = bundle / "models" / "fold1"
+    assert (models / "model.pt").is_file()  # best model of epoch 1
+    assert (models / "resume_checkpoint_epoch=1.pt").is_file()  # last good epoch
+    assert not (models / "model_final.pt").exists()
+    state = torch.load(models / "resume_checkpoint_epoch=1.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def train_command(bundle: Path, dataset: Path, epochs: int, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    command += ["--dataset_dir", str(dataset), "--epochs", str(epochs), "--device", "cpu", "--batch_size", "4"]
+    return command + ["--num_workers", "0", "--image_size", "64", *extra]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_to_the_same_epoch_count(prepared, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce_linear_dice", tmp_path / "bundle"))
+    models = bundle / "models" / "fold1"
+    with open(tmp_path / "first.log", "w") as log:
+        child = subprocess.Popen(train_command(bundle, prepared, 4), cwd=bundle, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        while not list(models.glob("resume_checkpoint_epoch=*.pt")) and time.time() < deadline:
+            if child.poll() is not None:
+                break
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    saved = list(models.glob("resume_checkpoint_epoch=*.pt"))
+    assert saved, (tmp_path / "first.log").read_text()[-2000:]
+    assert not (models / "model_final.pt").exists(), "killed run must not look finished"
+    resumed_from = int(saved[0].stem.rsplit("=", 1)[1])
+    assert resumed_from < 4
+
+    result = subprocess.run(
+        train_command(bundle, prepared, 4, "--resume", "True"), cwd=bundle, capture_output=True, text=True, timeout=300
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "until 4 epochs" in output and f"epoch {resumed_from} until" in output  # ignite's resume line
+    assert f"Epoch: {resumed_from}/4" not in output and "Epoch: 4/4" in output
+    assert (models / "model_final.pt").is_file()
+    assert "loss alpha (CE weight) set to 0.0000" in output  # linear schedule reached its last epoch
+
+    missing = subprocess.run(
+        train_command(bundle, prepared, 4, "--resume", "True", "--output_dir", str(tmp_path / "fresh")),
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "no epoch checkpoint to resume from" in missing.stdout + missing.stderr
+
+
+def losses_of_a_run(bundle: Path, dataset: Path, seed: int) -> list[float]:
+    losses: list[float] = []
+
+    class Recorder:
+        def attach(self, engine):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output[0]["loss"]))
+
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(dataset),
+        seed=seed,
+        output_dir=str(bundle / f"run{len(list(bundle.glob('run*')))}"),
+        **{**FAST, "epochs": 2},
+    )
+    workflow.initialize()
+    Recorder().attach(workflow.parser.get_parsed_content("train#trainer"))
+    workflow.run()
+    workflow.finalize()
+    set_determinism(seed=None)
+    return [float(v) for v in losses]
+
+
+@pytest.mark.slow
+def test_same_seed_same_losses_on_cpu(prepared, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce_dice", tmp_path / "bundle"))
+    first = losses_of_a_run(bundle, prepared, seed=0)
+    second = losses_of_a_run(bundle, prepared, seed=0)
+    other_seed = losses_of_a_run(bundle, prepared, seed=1)
+    assert len(first) == 8
+    assert first == second
+    assert first != other_seed
+
+
+def test_outputs_are_written_atomically(tmp_path):
+    target = tmp_path / "summary.json"
+    with pytest.raises(ValueError):
+        write_json_atomic(target, {"dice": math.nan})  # NaN is not valid JSON: nothing may be left behind
+    assert not target.exists() and not list(tmp_path.iterdir())
+    write_json_atomic(target, {"dice": 0.5})
+    with pytest.raises(ValueError):
+        write_json_atomic(target, {"dice": math.inf})
+    assert json.loads(target.read_text()) == {"dice": 0.5}  # the old complete file stays
+    writer = LesionMetricsWriter(tmp_path / "eval")
+    with pytest.raises(ValueError, match="no evaluated images"):
+        writer.write()
+    assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+def test_every_checkpoint_is_saved_atomically(tmp_path):
+    """MONAI's CheckpointSaver writes in place (a kill leaves a truncated .pt); ours renames a finished file."""
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_final=True, save_key_metric=True, save_interval=1
+    )
+    checkpoints = (saver._final_checkpoint, saver._key_metric_checkpoint, saver._interval_checkpoint)
+    assert all(c.save_handler._atomic for c in checkpoints)
