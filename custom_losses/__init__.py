@@ -1,8 +1,8 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from custom_losses import data, handlers, metrics, networks
-from custom_losses.compound import CEDiceLoss
-from custom_losses.cross_entropy import (
+from . import data, handlers, metrics, networks
+from .compound import CEDiceLoss
+from .cross_entropy import (
     BalancedCrossEntropyLoss,
     CrossEntropyLoss,
     DilatedBalancedCrossEntropyLoss,
@@ -10,8 +10,8 @@ from custom_losses.cross_entropy import (
     dilated_regions,
     region_balanced_weights,
 )
-from custom_losses.dice import SoftDiceLoss
-from custom_losses.schedules import ALPHA_SCHEDULES, alpha_scheduler, combo_alpha, finetune_alpha, linear_alpha
+from .dice import SoftDiceLoss
+from .schedules import ALPHA_SCHEDULES, alpha_scheduler, combo_alpha, finetune_alpha, linear_alpha
 
 __version__ = "0.1.0"
 

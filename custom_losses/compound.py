@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from custom_losses.cross_entropy import CrossEntropyLoss
-from custom_losses.dice import SoftDiceLoss
+from .cross_entropy import CrossEntropyLoss
+from .dice import SoftDiceLoss
 
 
 class CEDiceLoss(_Loss):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
-from custom_losses._shapes import check_input_target, compute_dtype, label_map
-from custom_losses.distributed import sum_over_ranks
+from ._shapes import check_input_target, compute_dtype, label_map
+from .distributed import sum_over_ranks
 
 
 def pixelwise_cross_entropy(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from custom_losses._shapes import check_input_target, compute_dtype, one_hot_target
-from custom_losses.distributed import sum_over_ranks
+from ._shapes import check_input_target, compute_dtype, one_hot_target
+from .distributed import sum_over_ranks
 
 
 class SoftDiceLoss(_Loss):

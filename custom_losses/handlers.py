@@ -11,8 +11,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from custom_losses.atomic import write_csv_atomic, write_json_atomic
-from custom_losses.metrics import ReliabilityHistogram, image_metrics, summarize
+from .atomic import write_csv_atomic, write_json_atomic
+from .metrics import ReliabilityHistogram, image_metrics, summarize
 
 CSV_FIELDS = [
     "image",

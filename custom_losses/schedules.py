@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ignite.engine import Events
 from monai.handlers import ParamSchedulerHandler
 
-from custom_losses.compound import CEDiceLoss
+from .compound import CEDiceLoss
 
 
 def _check_epoch(epoch: int, epochs: int) -> None:
