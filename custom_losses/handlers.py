@@ -230,3 +230,33 @@ class ResumeFromLatestCheckpoint:
             load_path=str(path), load_dict={**self.load_dict, "trainer": engine}, map_location=self.map_location
         )
         loader.attach(engine)
+
+
+def load_pretrained_weights(
+    network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Copy every tensor of a checkpoint whose name and shape match into ``network`` (for fine-tuning).
+
+    Tensors that do not fit, such as a new output layer with another number of classes, keep their fresh
+    initialisation and are logged. Uses MONAI's ``copy_model_state``: ``CheckpointLoader(strict_shape=False)``
+    loads no weights at all in MONAI 1.6.1. Raises when nothing matches (wrong checkpoint).
+    """
+    from monai.networks.utils import copy_model_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to fine-tune from {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    _, updated, unchanged = copy_model_state(network, state, inplace=True)
+    if not updated:
+        raise ValueError(f"checkpoint {path} has no tensor that fits the network: is it the right model?")
+    logging.getLogger(__name__).info(
+        "fine-tuning from %s: %d tensors loaded, %d kept fresh%s",
+        path,
+        len(updated),
+        len(unchanged),
+        f" ({', '.join(unchanged[:6])}{', ...' if len(unchanged) > 6 else ''})" if unchanged else "",
+    )
+    return network.to(device)

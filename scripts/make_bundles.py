@@ -647,6 +647,16 @@ def inference_config(spec: DatasetSpec) -> dict:
     return config
 
 
+def finetune_config() -> dict:
+    """Merged over train.json: start from a trained checkpoint (matching tensors only), smaller learning rate."""
+    return {
+        "finetune_checkpoint": expr("os.path.join(@bundle_root, 'models', 'model.pt')"),
+        "network": expr("custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)"),
+        "learning_rate": 1e-4,
+        "epochs": 20,
+    }
+
+
 def multi_gpu_config(num_rank0_handlers: int) -> dict:
     """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU."""
     return {
@@ -850,6 +860,10 @@ python -m monai.bundle run --config_file configs/inference.json --input_dir IMAG
 torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir DATA/{spec.name}
 
+# fine-tune from a trained model on your own data (matching tensors are loaded, e.g. not a new output layer)
+python -m monai.bundle run --config_file "['configs/train.json','configs/finetune.json']" \\
+    --dataset_dir MY_DATA --finetune_checkpoint models/fold1/model.pt --output_dir finetuned
+
 # TorchScript export
 python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/fold1/model.pt \\
     --meta_file configs/metadata.json --config_file configs/inference.json
@@ -920,6 +934,7 @@ def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
         "configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec)),
         "configs/inference.json": dump_json(inference_config(spec)),
         "configs/multi_gpu_train.json": dump_json(multi_gpu_config(RANK0_TRAIN_HANDLERS)),
+        "configs/finetune.json": dump_json(finetune_config()),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
         "docs/data_license.txt": spec.data_license + "\n",
