@@ -1,17 +1,26 @@
-"""Synthetic endoscopy-like datasets written in the official Kvasir-SEG and EndoTect on-disk layouts.
+"""Synthetic datasets written in the official on-disk layouts of Kvasir-SEG, EndoTect, FUSeg and Decathlon Task04.
 
 Used by the tests and by demos that must run without the real data. Everything is deterministic given `seed`
-and needs only numpy and pillow. Sizes are `(width, height)` as in PIL; arrays are `height x width`.
+and needs only numpy, pillow and (for the 3D volumes) nibabel. Sizes are `(width, height)` as in PIL; arrays are
+`height x width`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["make_lesion_image", "write_endotect_layout", "write_kvasir_layout"]
+__all__ = [
+    "make_lesion_image",
+    "write_endotect_layout",
+    "write_fuseg_layout",
+    "write_hippocampus_layout",
+    "write_kvasir_layout",
+]
 
 
 def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
@@ -150,4 +159,111 @@ def write_endotect_layout(
         rgb, mask = make_lesion_image(rng, _frame_size(rng, size, vary_size), with_lesion=False)
         Image.fromarray(rgb).save(root / "ulcerative-colitis_images" / f"{name}.jpg", quality=90)
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "ulcerative-colitis_masks" / f"{name}.png")
+    return root
+
+
+def _write_fuseg_split(
+    folder: Path, numbers: list[int], n_empty: int, size: tuple[int, int], rng: np.random.Generator, image_ext: str
+) -> None:
+    """Write `folder/images/NNNN<image_ext>` and `folder/labels/NNNN.png` (L, 0/255); `n_empty` masks are empty."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    empty_indices = set(rng.choice(len(numbers), size=n_empty, replace=False).tolist())
+    image_options = {"quality": 95} if image_ext.lower() in (".jpg", ".jpeg") else {}
+    for index, number in enumerate(numbers):
+        rgb, mask = make_lesion_image(rng, size, with_lesion=index not in empty_indices)
+        Image.fromarray(rgb).save(folder / "images" / f"{number:04d}{image_ext}", **image_options)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "labels" / f"{number:04d}.png")
+
+
+def write_fuseg_layout(
+    root: str | Path,
+    n_train: int = 12,
+    n_train_empty: int = 2,
+    n_validation: int = 6,
+    n_validation_empty: int = 2,
+    size: tuple[int, int] = (64, 64),
+    seed: int = 2,
+    image_ext: str = ".jpg",
+) -> Path:
+    """Write a FUSeg-2021-like dataset and return `root`.
+
+    `root/train/images/NNNN<image_ext>` + `root/train/labels/NNNN.png` hold `n_train` pairs, of which
+    `n_train_empty` have an empty (wound-free) mask; likewise `root/validation/`. Masks are L PNG, 0/255.
+    The numbers NNNN interleave between the splits but never repeat, as in the real release. `image_ext` is
+    ".jpg" (the shared copy) or ".png" (the official release).
+    """
+    if not (0 <= n_train_empty <= n_train and 0 <= n_validation_empty <= n_validation):
+        raise ValueError("the empty counts must lie between 0 and the split sizes")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    numbers = (rng.permutation(n_train + n_validation) + 1).tolist()
+    _write_fuseg_split(root / "train", sorted(numbers[:n_train]), n_train_empty, size, rng, image_ext)
+    _write_fuseg_split(root / "validation", sorted(numbers[n_train:]), n_validation_empty, size, rng, image_ext)
+    return root
+
+
+def _hippocampus_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An MRI-like float32 volume with a brighter ellipsoid, and its uint8 label: the ellipsoid's half with the
+    smaller index along axis 1 is 1 (anterior), the other half 2 (posterior)."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) + 0.5 for n in shape], indexing="ij"))
+    centre = np.array([rng.uniform(0.4, 0.6) * n for n in shape], dtype=np.float32)
+    semi_axes = np.array([rng.uniform(0.2, 0.3) * n for n in shape], dtype=np.float32)
+    offsets = (grid - centre[:, None, None, None]) / semi_axes[:, None, None, None]
+    inside = (offsets**2).sum(axis=0) < 1.0
+    label = np.zeros(shape, dtype=np.uint8)
+    label[inside & (grid[1] < centre[1])] = 1
+    label[inside & (grid[1] >= centre[1])] = 2
+    image = rng.normal(100.0, 10.0, size=shape) + 60.0 * inside
+    return image.astype(np.float32), label
+
+
+def _save_nifti(data: np.ndarray, path: Path) -> None:
+    """Save `data` as NIfTI with 1 mm isotropic voxels."""
+    volume = nib.Nifti1Image(data, np.eye(4))
+    volume.header.set_xyzt_units("mm", "sec")
+    nib.save(volume, path)
+
+
+def write_hippocampus_layout(
+    root: str | Path,
+    n_volumes: int = 10,
+    shape: tuple[int, int, int] = (12, 16, 12),
+    seed: int = 3,
+    decathlon: bool = False,
+) -> Path:
+    """Write a hippocampus-like dataset of small NIfTI volumes (1 mm voxels) and return `root`.
+
+    Shared layout: `root/images/hippocampus_NNN.nii.gz` + `root/labels/hippocampus_NNN.nii.gz` (same names; the
+    numbers have gaps, as in the real data). With `decathlon`, the Decathlon Task04 release layout instead:
+    `imagesTr/` + `labelsTr/`, two unlabelled volumes in `imagesTs/` and a minimal `dataset.json`.
+    Images are float32, labels uint8 with 0 background, 1 anterior, 2 posterior.
+    """
+    root = Path(root)
+    image_folder, label_folder = ("imagesTr", "labelsTr") if decathlon else ("images", "labels")
+    for folder in (image_folder, label_folder):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    numbers = sorted(rng.choice(np.arange(1, 3 * n_volumes + 1), size=n_volumes, replace=False).tolist())
+    names = [f"hippocampus_{number:03d}.nii.gz" for number in numbers]
+    for name in names:
+        image, label = _hippocampus_volume(rng, shape)
+        _save_nifti(image, root / image_folder / name)
+        _save_nifti(label, root / label_folder / name)
+    if decathlon:
+        (root / "imagesTs").mkdir(exist_ok=True)
+        test_names = [f"hippocampus_{3 * n_volumes + offset:03d}.nii.gz" for offset in (1, 2)]
+        for name in test_names:
+            _save_nifti(_hippocampus_volume(rng, shape)[0], root / "imagesTs" / name)
+        dataset = {
+            "name": "Hippocampus",
+            "tensorImageSize": "3D",
+            "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+            "numTraining": len(names),
+            "numTest": len(test_names),
+            "training": [{"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"} for name in names],
+            "test": [f"./imagesTs/{name}" for name in test_names],
+        }
+        (root / "dataset.json").write_text(json.dumps(dataset, indent=4) + "\n")
     return root
