@@ -20,7 +20,7 @@ from monai.data import load_net_with_metadata
 from monai.utils import set_determinism
 from PIL import Image
 
-from scripts.make_bundles import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles
+from scripts.make_bundles import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
 from scripts.prepare_data import prepare_polyp
 from scripts.synthetic import write_endotect_layout, write_kvasir_layout
 
@@ -75,6 +75,7 @@ def test_bundles_match_the_generator():
             path = BUNDLES_DIR / name / relative
             assert path.is_file(), f"{path} missing: run python scripts/make_bundles.py"
             assert path.read_text() == text, f"{path} differs from the generator: run python scripts/make_bundles.py"
+    assert (BUNDLES_DIR / "README.md").read_text() == index_readme()
     on_disk = {p.name for p in BUNDLES_DIR.iterdir() if p.is_dir() and (p / "configs").is_dir()}
     assert on_disk == set(GENERATED), "a bundle folder exists that the generator does not make"
 
