@@ -225,3 +225,30 @@ def test_fold_ensemble_averages_fold_models(dataset_dir, tmp_path):
             bundle, configs, dataset_dir=str(dataset_dir), folds=[1, 3], output_dir=str(tmp_path / "x"), **FAST
         )
     assert not (tmp_path / "x" / "eval").exists()
+
+
+def _logged_losses(output: str) -> list[str]:
+    return [line.split("train_loss: ")[1].split()[0] for line in output.splitlines() if "train_loss: " in line]
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_on_one_process_matches_single_process(dataset_dir, tmp_path):
+    """DDP wiring changes nothing: same seed and sample order give the same loss curve and weights."""
+    bundle = copy_bundle("polyp_dbce", tmp_path)
+    common = ["--dataset_dir", str(dataset_dir), "--epochs", "2", "--batch_size", "4", "--num_workers", "0"]
+    common += ["--image_size", str(IMAGE_SIZE), "--train#dataloader#shuffle", "False"]  # sequential order in both
+    single = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
+    single += [*common, "--device", "cpu", "--output_dir", str(tmp_path / "single")]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1"]
+    ddp += ["-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']"]
+    ddp += [*common, "--train#sampler#shuffle", "False", "--output_dir", str(tmp_path / "ddp")]
+    outputs = []
+    for command in (single, ddp):
+        result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+    single_losses, ddp_losses = (_logged_losses(o) for o in outputs)
+    assert len(single_losses) == 8 and single_losses == ddp_losses
+    weights = [torch.load(tmp_path / run / "models" / "fold1" / "model_final.pt") for run in ("single", "ddp")]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -1,0 +1,200 @@
+"""Training and evaluation speed of the bundles against the ceiling, in one run.
+
+    python benchmarks/throughput.py --device=cuda --data_dir=DATA/polyp            # real prepared data
+    python benchmarks/throughput.py --device=cpu --image_size=64 --epochs=2        # CPU smoke run, synthetic data
+
+Ceiling: the bundle's network, batch, precision and input size trained on tensors already on the device
+(no data loading, no handlers). Bundle: the bundle's own train.json (MONAI datasets, dataloaders,
+transforms, SupervisedTrainer, handlers) on the prepared data. Reported: images/s after the first epoch,
+the first-epoch overhead, evaluation images/s, peak GPU memory, and the ratios (bundle / ceiling,
+DBCE / CE). Without ``--data_dir`` a synthetic dataset is made and prepared like the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fire
+import torch
+from ignite.engine import Events
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def ceiling(bundle: Path, device: torch.device, image_size: int, batch_size: int, steps: int) -> dict:
+    """Images/s of the bundle's network, loss and optimizer on device-resident random batches."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    network = parser.get_parsed_content("network_def").to(device).to(memory_format=torch.channels_last)
+    loss_fn = parser.get_parsed_content("loss")  # references such as @dbce_radius resolve here
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
+    images = torch.rand(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
+    labels = (torch.rand(batch_size, 1, image_size, image_size, device=device) > 0.9).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(network(images), labels)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": round(steps * batch_size / seconds, 2), "step_ms": round(1e3 * seconds / steps, 2)}
+
+
+def bundle_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides: dict, work_dir: Path) -> dict:
+    """Epoch times of the bundle's own training workflow, and evaluation images/s on the test split."""
+    from monai.bundle import ConfigWorkflow
+
+    common = {"bundle_root": str(bundle), "dataset_dir": str(data_dir), "device": str(device), **overrides}
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        output_dir=str(work_dir / bundle.name),
+        val_interval=10_000,  # time training, not validation
+        **common,
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epoch_seconds: list[float] = []
+    marks: dict[str, float] = {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: (_sync(device), marks.update(start=time.perf_counter())))
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: (_sync(device), epoch_seconds.append(time.perf_counter() - marks["start"]))
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    workflow.run()
+    workflow.finalize()
+    images = len(workflow.parser.get_parsed_content("train#dataset"))
+    steady = sorted(epoch_seconds[1:])[len(epoch_seconds[1:]) // 2] if len(epoch_seconds) > 1 else epoch_seconds[0]
+    result = {
+        "train_images": images,
+        "epoch_seconds": [round(s, 3) for s in epoch_seconds],
+        "images_per_s": round(images / steady, 2),
+        "first_epoch_overhead_s": round(epoch_seconds[0] - steady, 3),
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        if device.type == "cuda"
+        else None,
+    }
+
+    evaluation = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
+        output_dir=str(work_dir / bundle.name),
+        checkpoint=str(work_dir / bundle.name / "models" / "fold1" / "model_final.pt"),  # no validation ran
+        **common,
+    )
+    evaluation.initialize()
+    evaluator = evaluation.parser.get_parsed_content("validate#evaluator")
+    evaluator.add_event_handler(Events.EPOCH_STARTED, lambda e: (_sync(device), marks.update(eval=time.perf_counter())))
+    evaluation.run()
+    _sync(device)
+    eval_seconds = time.perf_counter() - marks["eval"]
+    evaluation.finalize()
+    tested = len(evaluation.parser.get_parsed_content("validate#dataset"))
+    result["eval_images_per_s"] = round(tested / eval_seconds, 2)
+    return result
+
+
+def synthetic_data(root: Path, image_size: int, num_train: int) -> Path:
+    from scripts.demo_data import write_demo_layouts
+    from scripts.prepare_data import prepare_polyp
+
+    if (root / "prepared" / "datalist.json").is_file():  # shared by the bundles of one image size
+        return root / "prepared"
+    kvasir, endotect = write_demo_layouts(root / "raw", num_train=num_train, num_test_lesion=num_train // 4)
+    prepare_polyp(kvasir, endotect, root / "prepared", size=image_size)
+    return root / "prepared"
+
+
+def main(
+    device: str = "cuda" if torch.cuda.is_available() else "cpu",
+    data_dir: str | None = None,
+    bundles: tuple[str, ...] = ("polyp_ce", "polyp_dbce", "footulcer_ce", "footulcer_dbce"),
+    image_size: int | None = None,
+    batch_size: int = 16,
+    epochs: int = 3,
+    num_workers: int = 4,
+    ceiling_steps: int = 30,
+    synthetic_images: int = 200,
+    output: str = "throughput.json",
+) -> None:
+    """Measure ceiling and bundle pipeline speed for each bundle; print ratios and write ``output``.
+
+    Args:
+        device: ``cuda`` or ``cpu``.
+        data_dir: a prepared dataset (``datalist.json``); default: a synthetic one at ``image_size``.
+        bundles: bundle folder names under ``bundles/``.
+        image_size: input size (default: each bundle's own, 352 polyp / 512 foot ulcer).
+        batch_size: training batch size.
+        epochs: epochs of each bundle run (the first is reported as overhead, the median of the rest as speed).
+        num_workers: data loader workers.
+        ceiling_steps: timed steps of the ceiling.
+        synthetic_images: training images of the synthetic dataset when no ``data_dir`` is given.
+        output: JSON file for every figure.
+    """
+    dev = torch.device(device)
+    torch.backends.cudnn.benchmark = True
+    report: dict = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.machine()})",
+        "torch": torch.__version__,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "num_workers": num_workers,
+        "bundles": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in bundles:
+            bundle = REPO / "bundles" / name
+            size = image_size or json.loads((bundle / "configs" / "train.json").read_text())["image_size"]
+            data = Path(data_dir) if data_dir else synthetic_data(work / f"data{size}", size, synthetic_images)
+            overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
+            print(f"{name}: ceiling...", flush=True)
+            result = {"image_size": size, "ceiling": ceiling(bundle, dev, size, batch_size, ceiling_steps)}
+            print(f"{name}: bundle pipeline ({epochs} epochs)...", flush=True)
+            result["bundle"] = bundle_pipeline(bundle, data, dev, overrides, work / "runs")
+            result["bundle_over_ceiling"] = round(
+                result["bundle"]["images_per_s"] / result["ceiling"]["images_per_s"], 3
+            )
+            report["bundles"][name] = result
+            print(json.dumps({name: result}, indent=4), flush=True)
+    for dataset in ("polyp", "footulcer"):
+        ce, dbce = report["bundles"].get(f"{dataset}_ce"), report["bundles"].get(f"{dataset}_dbce")
+        if ce and dbce:
+            report[f"{dataset}_dbce_over_ce_images_per_s"] = round(
+                dbce["bundle"]["images_per_s"] / ce["bundle"]["images_per_s"], 3
+            )
+    Path(output).write_text(json.dumps(report, indent=4) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "bundles"}, indent=4))
+    for name, result in report["bundles"].items():
+        pipeline = result["bundle"]
+        print(
+            f"{name}: ceiling {result['ceiling']['images_per_s']} img/s, bundle {pipeline['images_per_s']} img/s "
+            f"({100 * result['bundle_over_ceiling']:.0f}% of ceiling), eval {pipeline['eval_images_per_s']} img/s, "
+            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s"
+        )
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
