@@ -270,14 +270,12 @@ def _collect_polyp_pairs(kvasir_dir: Path, endotect_dir: Path) -> list[SourcePai
     folders: list[tuple[Path, Path, str, str, bool]] = [
         (kvasir_dir / "images", kvasir_dir / "masks", "train", "kvasir-seg", False),
         (endotect_dir / "images", endotect_dir / "masks", "test", "endotect", False),
-        (
-            endotect_dir / "ulcerative-colitis_images",
-            endotect_dir / "ulcerative-colitis_masks",
-            "test",
-            "endotect-ulcerative-colitis",
-            True,
-        ),
     ]
+    lesion_free = (endotect_dir / "ulcerative-colitis_images", endotect_dir / "ulcerative-colitis_masks")
+    if any(folder.exists() for folder in lesion_free):  # optional: your own test set may have no such frames
+        folders.append((*lesion_free, "test", "endotect-ulcerative-colitis", True))
+    else:
+        print(f"no lesion-free test frames ({lesion_free[0].name}/ absent in {endotect_dir})")
     pairs = _collect_pairs(folders, problems)
     _raise_problems(problems + _copy_name_clashes(pairs))
     return pairs
@@ -450,7 +448,8 @@ def prepare_polyp(
     Args:
         kvasir_dir: Kvasir-SEG folder with images/*.jpg and masks/*.jpg (same names).
         endotect_dir: EndoTect test folder with images/ + masks/ and ulcerative-colitis_images/ +
-            ulcerative-colitis_masks/ (lesion-free frames); pairs match by file stem, .jpg/.jpeg/.png accepted.
+            ulcerative-colitis_masks/ (lesion-free frames; optional for your own data: leave both out when
+            you have none); pairs match by file stem, .jpg/.jpeg/.png accepted.
         output_dir: created with train/ and test/ PNG copies and datalist.json (written atomically).
         size: copies are resized to size x size (image bilinear, mask bilinear then thresholded to 0/255);
             None makes no copies and the datalist points at the original files by absolute path.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -302,3 +303,15 @@ def test_real_kvasir_and_endotect(tmp_path: Path) -> None:
     assert not any(item["lesion_free"] for item in datalist["training"])
     assert len(datalist["test"]) == 220
     assert sum(item["lesion_free"] for item in datalist["test"]) == 20
+
+
+def test_lesion_free_folders_are_optional_but_not_half_present(tmp_path):
+    kvasir = write_kvasir_layout(tmp_path / "kvasir", n_images=10)
+    endotect = write_endotect_layout(tmp_path / "endotect", n_lesion=3, n_lesion_free=2)
+    for folder in ("ulcerative-colitis_images", "ulcerative-colitis_masks"):
+        shutil.rmtree(endotect / folder)
+    datalist = json.loads(prepare_polyp(kvasir, endotect, tmp_path / "out", size=32).read_text())
+    assert len(datalist["test"]) == 3 and not any(item["lesion_free"] for item in datalist["test"])
+    (endotect / "ulcerative-colitis_images").mkdir()
+    with pytest.raises(DataPreparationError, match="ulcerative-colitis_images .and 1 more problem"):
+        prepare_polyp(kvasir, endotect, tmp_path / "out2", size=32)
