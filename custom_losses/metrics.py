@@ -133,3 +133,69 @@ def summarize(rows: Sequence[dict], reliability: ReliabilityHistogram | None = N
         summary["ece_bins"] = reliability.num_bins
         summary["reliability"] = reliability.curve()
     return summary
+
+
+def volume_metrics(prob: torch.Tensor, label: torch.Tensor, voxel_ml: float, class_names: dict[int, str]) -> dict:
+    """Per-class Dice and volumes (ml) of one volume from softmax probabilities ``(C, *spatial)``.
+
+    For each class of ``class_names`` and for ``whole`` (all foreground classes together): Dice of the
+    argmax mask (Galdran's convention for empty masks), the true volume, the volume of the argmax mask
+    (hard) and the sum of probabilities (soft), their signed errors (ml) and relative errors.
+    """
+    if label.numel() != prob[0].numel():
+        raise ValueError(f"label shape {tuple(label.shape)} does not fit probabilities {tuple(prob.shape)}")
+    label = label.reshape(prob.shape[1:]).long()  # (1, *spatial) or (*spatial)
+    prob = prob.detach().double()
+    hard = prob.argmax(dim=0)
+    row: dict = {}
+    groups = {name: [c] for c, name in class_names.items()}
+    groups["whole"] = list(class_names)
+    for name, classes in groups.items():
+        truth = torch.isin(label, torch.tensor(classes, device=label.device))
+        pred = torch.isin(hard, torch.tensor(classes, device=hard.device))
+        soft = float(prob[classes].sum()) * voxel_ml
+        true_ml, hard_ml = int(truth.sum()) * voxel_ml, int(pred.sum()) * voxel_ml
+        intersection = int((truth & pred).sum())
+        total = int(truth.sum()) + int(pred.sum())
+        row[f"{name}_dice"] = 1.0 if total == 0 else 2 * intersection / total
+        row[f"{name}_true_ml"] = true_ml
+        row[f"{name}_hard_ml"] = hard_ml
+        row[f"{name}_soft_ml"] = soft
+        row[f"{name}_error_hard_ml"] = hard_ml - true_ml
+        row[f"{name}_error_soft_ml"] = soft - true_ml
+        row[f"{name}_rel_error_hard"] = (hard_ml - true_ml) / true_ml if true_ml > 0 else math.nan
+        row[f"{name}_rel_error_soft"] = (soft - true_ml) / true_ml if true_ml > 0 else math.nan
+    return row
+
+
+def bland_altman(differences: Sequence[float]) -> dict[str, float | None]:
+    """Bias (mean difference) and 95% limits of agreement (bias +- 1.96 sample SD)."""
+    values = [d for d in differences if not math.isnan(d)]
+    if not values:
+        return {"bias": None, "lower_limit": None, "upper_limit": None}
+    bias = sum(values) / len(values)
+    sd = math.sqrt(sum((v - bias) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"bias": bias, "lower_limit": bias - 1.96 * sd, "upper_limit": bias + 1.96 * sd}
+
+
+def summarize_volumes(
+    rows: Sequence[dict], class_names: dict[int, str], reliability: ReliabilityHistogram | None
+) -> dict:
+    """Mean Dice and volume errors per class, Bland-Altman bias and limits (hard and soft), ECE."""
+    if not rows:
+        raise ValueError("no evaluated volumes to summarize")
+    summary: dict = {"num_volumes": len(rows)}
+    for name in [*class_names.values(), "whole"]:
+        summary[f"{name}_dice"] = _mean(r[f"{name}_dice"] for r in rows)
+        for kind in ("hard", "soft"):
+            errors = [r[f"{name}_error_{kind}_ml"] for r in rows]
+            summary[f"{name}_error_{kind}_ml"] = _mean(errors)
+            summary[f"{name}_abs_error_{kind}_ml"] = _mean(abs(e) for e in errors)
+            summary[f"{name}_rel_error_{kind}"] = _mean(r[f"{name}_rel_error_{kind}"] for r in rows)
+            summary[f"{name}_bland_altman_{kind}"] = bland_altman(errors)
+        summary[f"{name}_true_ml"] = _mean(r[f"{name}_true_ml"] for r in rows)
+    if reliability is not None:
+        summary["ece"] = reliability.ece()
+        summary["ece_bins"] = reliability.num_bins
+        summary["reliability"] = reliability.curve()
+    return summary

@@ -44,6 +44,7 @@ REFERENCES = {
     "gastrointestinal endoscopy. Scientific Data 2020",
     "fuseg": "Wang C et al. Fully automatic wound segmentation with deep convolutional neural networks. "
     "Scientific Reports 2020 (FUSeg: Foot Ulcer Segmentation Challenge, MICCAI 2021)",
+    "decathlon": "Antonelli M et al. The Medical Segmentation Decathlon. Nature Communications 2022",
     "flexunet": "He K et al. Deep Residual Learning for Image Recognition. CVPR 2016 (ResNet encoder of "
     "MONAI's FlexibleUNet)",
 }
@@ -64,7 +65,7 @@ LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(
         "Cross-entropy",
         {"_target_": "custom_losses.CrossEntropyLoss"},
-        "Binary cross-entropy with logits, averaged over all pixels.",
+        "Cross-entropy (binary with logits for one output channel, softmax otherwise), averaged over all pixels.",
         references=("galdran", "bertels"),
     ),
     "dice": LossSpec(
@@ -72,6 +73,12 @@ LOSSES: dict[str, LossSpec] = {
         {"_target_": "custom_losses.SoftDiceLoss", "batch": False, "smooth_nr": 0.0, "smooth_dr": 0.0, "eps": 1e-7},
         "Soft Dice per image (`1 - dice`, no smoothing, denominator clamped at 1e-7), averaged over the batch.",
         references=("galdran", "bertels"),
+    ),
+    "batch_dice": LossSpec(
+        "Batch soft Dice",
+        {"_target_": "custom_losses.SoftDiceLoss", "batch": True, "smooth_nr": 0.0, "smooth_dr": 0.0, "eps": 1e-7},
+        "Soft Dice summed over the whole batch before the ratio (nnU-Net's batch Dice), foreground classes only.",
+        references=("bertels",),
     ),
     "ce_dice": LossSpec(
         "CE + Dice",
@@ -123,6 +130,10 @@ class DatasetSpec:
     data_license: str
     references: tuple[str, ...]
     modality: str
+    kind: str = "rgb2d"  # "rgb2d": RGB PNG/JPEG, FlexibleUNet, 1 sigmoid channel; "mri3d": NIfTI, 3D UNet, softmax
+    losses: tuple[str, ...] = ("ce", "dice", "ce_dice", "ce_linear_dice", "ce_finetune_dice", "balanced_ce", "dbce")
+    class_names: tuple[tuple[int, str], ...] = ((1, "lesion"),)
+    spatial_size_3d: tuple[int, int, int] = (48, 64, 48)
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 3e-4
@@ -177,7 +188,31 @@ FOOTULCER = DatasetSpec(
     modality="photograph (RGB)",
 )
 
-DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP, "footulcer": FOOTULCER}
+HIPPOCAMPUS = DatasetSpec(
+    name="hippocampus",
+    title="Hippocampus segmentation in MRI",
+    task="3D segmentation of the anterior and posterior hippocampus in T1 MRI, with volumes in ml",
+    image_size=48,
+    data_source="Medical Segmentation Decathlon Task04 Hippocampus (http://medicaldecathlon.com/): 260 "
+    "labelled T1 MRI crops of about 35x51x35 voxels at 1 mm. Prepared with scripts/prepare_data.py.",
+    train_data="the 260 labelled volumes, 5 folds of 52 (fixed seed); training uses 4 folds",
+    test_data="the held-out fold (cross-validation: the Decathlon test labels are not public)",
+    prepare_command="python scripts/prepare_data.py hippocampus --hippocampus_dir=TASK04 --output_dir=DATA/hippocampus",
+    data_license="Medical Segmentation Decathlon, Task04 Hippocampus: CC-BY-SA 4.0; cite Antonelli et al., "
+    "The Medical Segmentation Decathlon, Nature Communications 2022, and Simpson et al., arXiv:1902.09063. "
+    "No data is distributed with this bundle.",
+    references=("decathlon",),
+    modality="MRI (T1)",
+    kind="mri3d",
+    losses=("ce", "dice", "batch_dice", "ce_dice", "ce_finetune_dice", "dbce"),
+    class_names=((1, "anterior"), (2, "posterior")),
+    epochs=100,
+    batch_size=16,
+    learning_rate=1e-3,
+    dbce_radius=2,
+)
+
+DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP, "footulcer": FOOTULCER, "hippocampus": HIPPOCAMPUS}
 
 # StatsHandler, TensorBoardStatsHandler, EpochCheckpointSaver, final CheckpointSaver: last in train#handlers
 RANK0_TRAIN_HANDLERS = 4
@@ -195,8 +230,40 @@ def from_engine(keys: list[str], first: bool = False) -> str:
 # ------------------------------------------------------------------------------------------- configs
 
 
-def load_transforms() -> list[dict]:
+def load_transforms_3d() -> list[dict]:
+    """Deterministic 3D part: read NIfTI, z-score the image per volume, pad/crop to ``spatial_size``."""
+    return [
+        {"_target_": "LoadImaged", "keys": ["image", "label"], "reader": "NibabelReader", "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {"_target_": "NormalizeIntensityd", "keys": "image"},
+        {"_target_": "ResizeWithPadOrCropd", "keys": ["image", "label"], "spatial_size": "@spatial_size"},
+        {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": expr("torch.float32")},
+    ]
+
+
+def augmentations_3d() -> list[dict]:
+    """Small rotations and scaling, intensity jitter; no flips (they would swap anterior and posterior)."""
+    keys = ["image", "label"]
+    return [
+        {
+            "_target_": "RandAffined",
+            "keys": keys,
+            "prob": 0.5,
+            "rotate_range": [0.15, 0.15, 0.15],
+            "scale_range": [0.1, 0.1, 0.1],
+            "mode": ["bilinear", "nearest"],
+            "padding_mode": "zeros",
+        },
+        {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
+        {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+        {"_target_": "RandGaussianNoised", "keys": "image", "std": 0.05, "prob": 0.3},
+    ]
+
+
+def load_transforms(spec: DatasetSpec) -> list[dict]:
     """Deterministic part: read, scale to [0, 1], binarize the mask at > 127, resize. Cached by CacheDataset."""
+    if spec.kind == "mri3d":
+        return load_transforms_3d()
     return [
         {
             "_target_": "LoadImaged",
@@ -233,8 +300,10 @@ def load_transforms() -> list[dict]:
     ]
 
 
-def augmentations() -> list[dict]:
+def augmentations(spec: DatasetSpec) -> list[dict]:
     """Random part: flips, rotation, scale, colour jitter (per-channel intensity scale, shift, gamma)."""
+    if spec.kind == "mri3d":
+        return augmentations_3d()
     keys = ["image", "label"]
     return [
         {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
@@ -264,6 +333,29 @@ def common_config(spec: DatasetSpec) -> dict:
         "ckpt_dir": expr("os.path.join(@output_dir, 'models', 'fold' + str(@fold))"),
         "device": expr("torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"),
         "amp": expr("torch.device(@device).type == 'cuda'"),
+        "num_classes": 1 + len(spec.class_names),  # background included
+        "class_names": {str(index): name for index, name in spec.class_names},
+        **spatial_size_and_network(spec),
+        "network": expr("@network_def.to(@device)"),
+    }
+
+
+def spatial_size_and_network(spec: DatasetSpec) -> dict:
+    if spec.kind == "mri3d":
+        return {
+            "spatial_size": list(spec.spatial_size_3d),
+            "network_def": {
+                "_target_": "monai.networks.nets.UNet",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": "@num_classes",
+                "channels": [16, 32, 64, 128, 256],
+                "strides": [2, 2, 2, 2],
+                "num_res_units": 2,
+                "norm": "batch",
+            },
+        }
+    return {
         "image_size": spec.image_size,
         "spatial_size": expr("[@image_size, @image_size]"),
         "network_def": {
@@ -274,7 +366,34 @@ def common_config(spec: DatasetSpec) -> dict:
             "pretrained": False,
             "spatial_dims": 2,
         },
-        "network": expr("@network_def.to(@device)"),
+    }
+
+
+def hard_postprocessing(spec: DatasetSpec) -> dict:
+    """Prediction (and label) in the form MONAI's Dice metric takes: binary, or one-hot for softmax."""
+    if spec.kind == "mri3d":
+        transforms = [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {
+                "_target_": "AsDiscreted",
+                "keys": ["pred", "label"],
+                "argmax": [True, False],
+                "to_onehot": "$[@num_classes, @num_classes]",
+            },
+        ]
+    else:
+        transforms = [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        ]
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def dice_metric(spec: DatasetSpec) -> dict:
+    return {
+        "_target_": "MeanDice",
+        "include_background": spec.kind != "mri3d",  # one sigmoid channel is the lesion itself
+        "output_transform": from_engine(["pred", "label"]),
     }
 
 
@@ -313,13 +432,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             },
         }
     )
-    post = {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-        ],
-    }
+    post = hard_postprocessing(spec)
     # Schedulers first; the last RANK0_TRAIN_HANDLERS (logging, checkpoints) run on rank 0 only under DDP.
     training_state = {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
@@ -368,9 +481,11 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         },
     ]
     config["train"] = {
-        "datalist": expr("custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train')"),
-        "deterministic_transforms": load_transforms(),
-        "random_transforms": augmentations(),
+        "datalist": expr(
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train', num_classes=@num_classes)"
+        ),
+        "deterministic_transforms": load_transforms(spec),
+        "random_transforms": augmentations(spec),
         "preprocessing": {
             "_target_": "Compose",
             "transforms": expr("@train#deterministic_transforms + @train#random_transforms"),
@@ -391,13 +506,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": post,
         "handlers": handlers,
-        "key_metric": {
-            "train_mean_dice": {
-                "_target_": "MeanDice",
-                "include_background": True,
-                "output_transform": from_engine(["pred", "label"]),
-            }
-        },
+        "key_metric": {"train_mean_dice": dice_metric(spec)},
         "trainer": {
             "_target_": "SupervisedTrainer",
             "device": "@device",
@@ -415,7 +524,9 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         },
     }
     config["validate"] = {
-        "datalist": expr("custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate')"),
+        "datalist": expr(
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate', num_classes=@num_classes)"
+        ),
         "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
         "dataset": {
             "_target_": "CacheDataset",
@@ -443,13 +554,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
                 "key_metric_filename": "model.pt",
             },
         ],
-        "key_metric": {
-            "val_mean_dice": {
-                "_target_": "MeanDice",
-                "include_background": True,
-                "output_transform": from_engine(["pred", "label"]),
-            }
-        },
+        "key_metric": {"val_mean_dice": dice_metric(spec)},
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
@@ -492,8 +597,62 @@ def test_key_metric() -> dict:
     }
 
 
+def evaluate_config_3d() -> dict:
+    """Merged over train.json: the held-out fold, probabilities and labels back in each volume's own space,
+    per-class volumes (ml, from the header spacing) and Dice to ``eval_dir``, predictions as NIfTI."""
+    return {
+        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
+        "validate#postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": ["pred", "label"],
+                    "transform": "@validate#preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": [False, True],
+                },
+                {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": expr("os.path.join(@eval_dir, 'predictions')"),
+                    "output_postfix": "seg",
+                    "output_dtype": expr("numpy.uint8"),
+                    "separate_folder": False,
+                    "resample": False,
+                },
+            ],
+        },
+        "validate#key_metric": None,
+        "validate#handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@checkpoint",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {
+                "_target_": "custom_losses.handlers.VolumeMetricsWriter",
+                "output_dir": "@eval_dir",
+                "class_names": "@class_names",
+                "num_bins": 20,
+                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
+            },
+        ],
+        "initialize": ["$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
+        "run": [expr("@validate#evaluator.run()")],
+    }
+
+
 def evaluate_config(spec: DatasetSpec) -> dict:
     """Merged over train.json: the test split through the validation pipeline, metrics to ``eval_dir``."""
+    if spec.kind == "mri3d":
+        return evaluate_config_3d()
     return {
         "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
@@ -558,10 +717,88 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
     }
 
 
+def inference_config_3d(spec: DatasetSpec) -> dict:
+    """Standalone: every .nii/.nii.gz in ``input_dir`` -> a label volume (NIfTI, the input's affine)."""
+    config = common_config(spec)
+    config.update(
+        {
+            "imports": config["imports"] + ["$import glob", "$import numpy"],
+            "input_dir": "@bundle_root",
+            "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
+            "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+            "datalist": expr(
+                "[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, '*.nii.gz')) "
+                "+ glob.glob(os.path.join(@input_dir, '*.nii')))]"
+            ),
+            "preprocessing": {
+                "_target_": "Compose",
+                "transforms": [
+                    {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
+                    {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                    {"_target_": "NormalizeIntensityd", "keys": "image"},
+                    {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
+                    {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+                ],
+            },
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": {
+                "_target_": "Compose",
+                "transforms": [
+                    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+                    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                    {
+                        "_target_": "SaveImaged",
+                        "keys": "pred",
+                        "output_dir": "@prediction_dir",
+                        "output_postfix": "seg",
+                        "output_dtype": expr("numpy.uint8"),
+                        "separate_folder": False,
+                        "resample": False,
+                    },
+                ],
+            },
+        }
+    )
+    config.update(_inference_engine())
+    return config
+
+
+def _inference_engine() -> dict:
+    return {
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "@checkpoint",
+                "load_dict": {"model": "@network"},
+                "map_location": "@device",
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+        "initialize": [expr("monai.utils.set_determinism(seed=0)")],
+        "run": [expr("@evaluator.run()")],
+    }
+
+
 def inference_config(spec: DatasetSpec) -> dict:
     """Standalone: every .jpg/.png in ``input_dir`` -> a 0/255 PNG mask at the input's own size."""
+    if spec.kind == "mri3d":
+        return inference_config_3d(spec)
     config = common_config(spec)
-    image_loading = load_transforms()[0]
+    image_loading = load_transforms(spec)[0]
     config.update(
         {
             "imports": config["imports"] + ["$import glob", "$import numpy"],
@@ -620,30 +857,9 @@ def inference_config(spec: DatasetSpec) -> dict:
                     },
                 ],
             },
-            "handlers": [
-                {
-                    "_target_": "CheckpointLoader",
-                    "load_path": "@checkpoint",
-                    "load_dict": {"model": "@network"},
-                    "map_location": "@device",
-                },
-                {"_target_": "StatsHandler", "iteration_log": False},
-            ],
-            "evaluator": {
-                "_target_": "SupervisedEvaluator",
-                "device": "@device",
-                "val_data_loader": "@dataloader",
-                "network": "@network",
-                "inferer": "@inferer",
-                "postprocessing": "@postprocessing",
-                "val_handlers": "@handlers",
-                "amp": "@amp",
-                "amp_kwargs": {"dtype": expr("torch.bfloat16")},
-            },
-            "initialize": [expr("monai.utils.set_determinism(seed=0)")],
-            "run": [expr("@evaluator.run()")],
         }
     )
+    config.update(_inference_engine())
     return config
 
 
@@ -727,9 +943,53 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 # ------------------------------------------------------------------------------------------- metadata and docs
 
 
+def network_text(spec: DatasetSpec) -> str:
+    if spec.kind == "mri3d":
+        return "3D UNet (MONAI UNet, 5 levels, residual units, trained from scratch)"
+    return f"FlexibleUNet ({spec.backbone} encoder, trained from scratch)"
+
+
+def network_data_format(spec: DatasetSpec) -> dict:
+    if spec.kind == "mri3d":
+        shape = list(spec.spatial_size_3d)
+        classes = {"0": "background", **{str(i): n for i, n in spec.class_names}}
+        image = {"num_channels": 1, "spatial_shape": shape, "value_range": [], "channel_def": {"0": "T1 MRI"}}
+        image["format"] = "magnitude"
+        pred = {
+            "num_channels": len(classes),
+            "spatial_shape": shape,
+            "channel_def": {k: f"{v} logit" for k, v in classes.items()},
+        }
+    else:
+        shape = [spec.image_size, spec.image_size]
+        image = {
+            "num_channels": 3,
+            "spatial_shape": shape,
+            "value_range": [0, 1],
+            "channel_def": {"0": "R", "1": "G", "2": "B"},
+        }
+        image["format"] = "magnitude"
+        pred = {"num_channels": 1, "spatial_shape": shape, "channel_def": {"0": "lesion logit"}}
+    return {
+        "inputs": {
+            "image": {"type": "image", "modality": spec.modality, "dtype": "float32", "is_patch_data": False, **image}
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "segmentation",
+                "dtype": "float32",
+                "value_range": [],
+                "is_patch_data": False,
+                **pred,
+            }
+        },
+    }
+
+
 def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
     loss = LOSSES[loss_name]
-    size = spec.image_size
+    is_3d = spec.kind == "mri3d"
     meta = {
         "schema": SCHEMA_URL,
         "version": BUNDLE_VERSION,
@@ -740,54 +1000,70 @@ def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
         "required_packages_version": {
             "pytorch-ignite": IGNITE_VERSION,
             "custom_losses": CUSTOM_LOSSES_VERSION,
-            "pillow": "13.0.0",
+            **({"nibabel": "5.4.2"} if is_3d else {"pillow": "13.0.0"}),
             "tensorboard": "2.21.0",
         },
         "name": f"{spec.title}: {loss.title}",
         "task": f"{spec.task}, trained with the {loss.title} loss",
-        "description": f"FlexibleUNet ({spec.backbone} encoder, trained from scratch) for {spec.task.lower()}, "
-        f"trained with {loss.title}: {loss.description} Part of the lesion-loss collection, which trains the "
-        "same network with seven losses and tests each on lesion images and on lesion-free images.",
+        "description": f"{network_text(spec)} for {spec.task.lower()}, trained with {loss.title}: "
+        f"{loss.description} Part of the lesion-loss collection, which trains the same network with "
+        f"{len(spec.losses)} losses and compares them.",
         "authors": "lesion-loss bundles authors",
         "copyright": "Copyright (c) 2026 lesion-loss bundles authors",
         "data_source": spec.data_source,
-        "data_type": "png",
-        "image_classes": f"{spec.modality} image, intensities scaled to [0, 1]",
-        "label_classes": "single channel binary mask: 1 lesion, 0 background",
-        "pred_classes": "single channel logit of the lesion class (sigmoid > 0.5 = lesion)",
+        "data_type": "nibabel" if is_3d else "png",
+        "image_classes": f"{spec.modality} volume, z-scored per volume"
+        if is_3d
+        else f"{spec.modality} image, intensities scaled to [0, 1]",
+        "label_classes": ", ".join(f"{i}: {n}" for i, n in ((0, "background"), *spec.class_names))
+        if is_3d
+        else "single channel binary mask: 1 lesion, 0 background",
+        "pred_classes": "one logit per class (softmax, argmax = label)"
+        if is_3d
+        else "single channel logit of the lesion class (sigmoid > 0.5 = lesion)",
         "intended_use": "Research on segmentation losses only. Not a medical device; not for clinical use.",
         "references": [REFERENCES[key] for key in (*loss.references, *spec.references)],
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": spec.modality,
-                    "num_channels": 3,
-                    "spatial_shape": [size, size],
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "R", "1": "G", "2": "B"},
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "segmentation",
-                    "num_channels": 1,
-                    "spatial_shape": [size, size],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "lesion logit"},
-                }
-            },
-        },
+        "network_data_format": network_data_format(spec),
     }
     if results:
         meta["eval_metrics"] = results
     return meta
+
+
+DOCS_2D = {
+    "model": "FlexibleUNet with a {spec.backbone} encoder trained from scratch (no pretrained weights), input "
+    "{spec.image_size}x{spec.image_size} RGB scaled to [0, 1], one output channel (lesion logit); random flips, "
+    "rotation, scale and colour jitter.",
+    "evaluate_outputs": "eval/fold1/per_image.csv and eval/fold1/summary.json (the test set)",
+    "ensemble": "# ensemble of the five fold models -> eval/ensemble/\n"
+    "python -m monai.bundle run \\\n"
+    "    --config_file \"['configs/train.json','configs/evaluate.json','configs/evaluate_ensemble.json']\" \\\n"
+    "    --dataset_dir DATA/{spec.name}\n\n",
+    "inference": "segment every .jpg/.png of a folder -> predictions/<name>_seg.png at the input size",
+    "evaluation": "`evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image "
+    "and a summary: Dice and IoU on lesion images; Dice over all images with Galdran's convention (both masks "
+    "empty = 1, exactly one empty = 0); the share of images predicted empty (ideal: the share of lesion-free "
+    "images); on lesion-free images the share with any predicted lesion (image-level false-positive rate) and "
+    "the mean false-positive area; on lesion images the signed relative area error from the thresholded mask "
+    "and from the sum of probabilities; the expected calibration error of the lesion probability (20 bins).",
+}
+
+DOCS_3D = {
+    "model": "3D UNet (MONAI `UNet`, channels 16-256, 4 down-samplings, residual units) trained from scratch, "
+    "input padded/cropped to {spec.spatial_size_3d}, intensities z-scored per volume, one output per class "
+    "(softmax); random rotation, scaling and intensity jitter (no flips: they would swap anterior and "
+    "posterior).",
+    "evaluate_outputs": "eval/fold1/per_volume.csv, eval/fold1/summary.json and eval/fold1/predictions/*.nii.gz "
+    "(the held-out fold)",
+    "ensemble": "",
+    "inference": "segment every .nii/.nii.gz of a folder -> predictions/<name>_seg.nii.gz with the input's affine",
+    "evaluation": "`evaluate.json` runs the held-out fold, maps probabilities and labels back to each volume's own "
+    "grid, saves the argmax labels as NIfTI with the input's affine, and writes one CSV row per volume and a "
+    "summary, per class (anterior, posterior) and for the whole hippocampus: Dice of the argmax; volume in ml "
+    "(voxel size from the header) of the label, of the argmax mask (hard) and of the sum of probabilities "
+    "(soft); signed, absolute and relative volume errors; Bland-Altman bias and 95% limits of agreement (hard "
+    "and soft); the expected calibration error of the whole-hippocampus probability (20 bins).",
+}
 
 
 def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
@@ -807,6 +1083,9 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume)."
         )
     loss_overrides = "\n".join(overrides)
+    texts = DOCS_3D if spec.kind == "mri3d" else DOCS_2D
+    model = texts["model"].format(spec=spec)
+    ensemble = texts["ensemble"].format(spec=spec)
     return f"""# {bundle}: {spec.title}, {loss.title}
 
 Generated by `scripts/make_bundles.py`; edit the generator, not this file.
@@ -831,11 +1110,9 @@ Licence of the data: see `docs/data_license.txt`.
 
 ## Model and training
 
-FlexibleUNet with a {spec.backbone} encoder trained from scratch (no pretrained weights), input
-{spec.image_size}x{spec.image_size} RGB scaled to [0, 1], one output channel (lesion logit). AdamW, learning
-rate {spec.learning_rate} with cosine decay, batch {spec.batch_size}, {spec.epochs} epochs, random flips,
-rotation, scale and colour jitter, bf16 autocast on GPU. The best validation checkpoint is
-`models/fold<k>/model.pt`, the last one `models/fold<k>/model_final.pt`.
+{model} AdamW, learning rate {spec.learning_rate} with cosine decay, batch {spec.batch_size},
+{spec.epochs} epochs, bf16 autocast on GPU. The best validation checkpoint is `models/fold<k>/model.pt`,
+the last one `models/fold<k>/model_final.pt`.
 
 ## Commands (from this folder, with `custom_losses` installed)
 
@@ -844,16 +1121,11 @@ rotation, scale and colour jitter, bf16 autocast on GPU. The best validation che
 python -m monai.bundle run --config_file configs/train.json --dataset_dir DATA/{spec.name} \\
     --fold 1 --epochs {spec.epochs}
 
-# evaluate on the test set -> eval/fold1/per_image.csv and eval/fold1/summary.json
+# evaluate -> {texts["evaluate_outputs"]}
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \\
     --dataset_dir DATA/{spec.name} --fold 1
 
-# ensemble of the five fold models -> eval/ensemble/
-python -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/evaluate.json','configs/evaluate_ensemble.json']" \\
-    --dataset_dir DATA/{spec.name}
-
-# segment every .jpg/.png of a folder -> predictions/<name>_seg.png at the input size
+{ensemble}# {texts["inference"]}
 python -m monai.bundle run --config_file configs/inference.json --input_dir IMAGES --fold 1
 
 # two GPUs (DistributedDataParallel; gloo on CPU)
@@ -895,12 +1167,7 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 
 ## Evaluation
 
-`evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image and a
-summary: Dice and IoU on lesion images; Dice over all images with Galdran's convention (both masks empty
-= 1, exactly one empty = 0); the share of images predicted empty (ideal: the share of lesion-free
-images); on lesion-free images the share with any predicted lesion (image-level false-positive rate) and
-the mean false-positive area; on lesion images the signed relative area error from the thresholded mask
-and from the sum of probabilities; the expected calibration error of the lesion probability (20 bins).
+{texts["evaluation"]}
 
 ## Results
 
@@ -931,7 +1198,11 @@ def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
         "configs/metadata.json": dump_json(metadata(spec, loss_name, results)),
         "configs/train.json": dump_json(train_config(spec, loss_name)),
         "configs/evaluate.json": dump_json(evaluate_config(spec)),
-        "configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec)),
+        **(
+            {}
+            if spec.kind == "mri3d"
+            else {"configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec))}
+        ),
         "configs/inference.json": dump_json(inference_config(spec)),
         "configs/multi_gpu_train.json": dump_json(multi_gpu_config(RANK0_TRAIN_HANDLERS)),
         "configs/finetune.json": dump_json(finetune_config()),
@@ -957,7 +1228,8 @@ def index_readme() -> str:
     for spec in DATASETS.values():
         results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-        for loss_name, loss in LOSSES.items():
+        for loss_name in spec.losses:
+            loss = LOSSES[loss_name]
             measured = results.get(loss_name) or {}
             dice = measured.get("dice_lesion", "pending")
             fp_rate = measured.get("lesion_free_fp_rate", "pending")
@@ -988,7 +1260,9 @@ def index_readme() -> str:
 
 def all_bundles() -> dict[str, dict[str, str]]:
     return {
-        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name) for spec in DATASETS.values() for loss_name in LOSSES
+        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name)
+        for spec in DATASETS.values()
+        for loss_name in spec.losses
     }
 
 

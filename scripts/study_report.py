@@ -33,6 +33,20 @@ LESION_METRICS = [
 ]
 
 
+VOLUME_METRICS = [
+    ("whole_dice", "Dice whole", "max"),
+    ("anterior_dice", "Dice anterior", "max"),
+    ("posterior_dice", "Dice posterior", "max"),
+    ("whole_error_hard_ml", "vol. err. hard (ml)", "zero"),
+    ("whole_error_soft_ml", "vol. err. soft (ml)", "zero"),
+    ("whole_abs_error_hard_ml", "abs. vol. err. hard (ml)", "min"),
+    ("whole_abs_error_soft_ml", "abs. vol. err. soft (ml)", "min"),
+    ("anterior_error_soft_ml", "anterior err. soft (ml)", "zero"),
+    ("posterior_error_soft_ml", "posterior err. soft (ml)", "zero"),
+    ("ece", "ECE", "min"),
+]
+
+
 def loss_of(bundle: str) -> str:
     return bundle.split("_", 1)[1] if "_" in bundle else bundle
 
@@ -113,8 +127,9 @@ def write_tables(out: Path, records: list[dict], metrics: list[tuple[str, str, s
                 cells.append(f"**{text}**" if i in best.get((kind, key), set()) else text)
             lines.append(f"| {records[i]['loss']} | {len(records[i]['summaries'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Best value per column in bold (pred. empty: closest to the share of lesion-free images; signed area")
-    lines.append("errors: closest to 0). Area errors are relative to the true area, on lesion images.")
+    lines.append("Best value per column in bold (pred. empty: closest to the share of lesion-free images; signed")
+    lines.append("errors: closest to 0). Area errors are relative to the true area, on lesion images; volume errors")
+    lines.append("are predicted minus true volume, hard = argmax mask, soft = sum of probabilities.")
     write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
 
 
@@ -140,17 +155,18 @@ def _per_image_rows(out: Path, bundle: str, folds: list[int]) -> list[dict]:
     rows = []
     for fold in folds:
         path = out / "runs" / bundle / "eval" / f"fold{fold}" / "per_image.csv"
+        if not path.is_file():
+            path = path.with_name("per_volume.csv")
         if path.is_file():
             with open(path) as handle:
                 rows += list(csv.DictReader(handle))
     return rows
 
 
-def plot_area_errors(out: Path, names: list[str], folds: list[int]) -> None:
+def plot_area_errors(out: Path, names: list[str], folds: list[int], volumes: bool = False) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    for ax, key, title in zip(
-        axes, ("area_error_hard", "area_error_soft"), ("thresholded mask", "sum of probabilities"), strict=True
-    ):
+    keys = ("whole_rel_error_hard", "whole_rel_error_soft") if volumes else ("area_error_hard", "area_error_soft")
+    for ax, key, title in zip(axes, keys, ("thresholded mask", "sum of probabilities"), strict=True):
         data, labels = [], []
         for name in names:
             values = [float(r[key]) for r in _per_image_rows(out, name, folds) if r.get(key) not in (None, "")]
@@ -161,7 +177,7 @@ def plot_area_errors(out: Path, names: list[str], folds: list[int]) -> None:
             ax.boxplot(data, showfliers=False)
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right")
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_title(f"relative area error, {title}")
+        ax.set_title(f"relative {'volume' if volumes else 'area'} error, {title}")
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("(predicted - true) / true area")
     fig.tight_layout()
@@ -239,10 +255,12 @@ def write_report(
         header += ["| run | status | seconds |", "|---|---|---|"]
         header += [f"| {k} | {v['status']} | {v.get('seconds', '')} |" for k, v in status.items()]
         header.append("")
-    write_tables(out, records, LESION_METRICS, "\n".join(header))
+    volumes = any("whole_dice" in s for r in records for s in r["summaries"])
+    write_tables(out, records, VOLUME_METRICS if volumes else LESION_METRICS, "\n".join(header))
     if records:
-        plot_dice_vs_fp(out, records)
-        plot_area_errors(out, names, folds)
+        if not volumes:
+            plot_dice_vs_fp(out, records)
+            plot_examples(out, names, folds[0])
+        plot_area_errors(out, names, folds, volumes)
         plot_reliability(out, records)
-        plot_examples(out, names, folds[0])
     return records

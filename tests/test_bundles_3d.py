@@ -1,0 +1,86 @@
+"""The 3D hippocampus bundles on synthetic NIfTI volumes: train, evaluate (volumes in ml), infer, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ckpt_export
+from monai.data import load_net_with_metadata
+
+from scripts.make_bundles import BUNDLES_DIR
+from scripts.prepare_data import prepare_hippocampus
+from scripts.synthetic import write_hippocampus_layout
+from tests.test_bundles import run_workflow
+
+FAST_3D = {"epochs": 2, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "device": "cpu"}
+SPATIAL = [16, 16, 16]  # the synthetic volumes are 12x16x12; the real ones are padded to 48x64x48
+
+
+@pytest.fixture(scope="module")
+def hippocampus_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hippocampus")
+    write_hippocampus_layout(root / "raw", n_volumes=10, shape=(12, 16, 12), seed=3)
+    prepare_hippocampus(root / "raw", root / "prepared")
+    return root / "prepared"
+
+
+@pytest.mark.slow
+# the 3D bundles differ only in the loss (test_bundles checks it); CE, batch Dice (batch statistics) and DBCE
+# (3D ball dilation) cover the loss code paths end to end
+@pytest.mark.parametrize("loss", ["ce", "batch_dice", "dbce"])
+def test_hippocampus_bundle_end_to_end(loss, hippocampus_data, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / f"hippocampus_{loss}", tmp_path / f"hippocampus_{loss}"))
+    overrides = {**FAST_3D, "spatial_size": SPATIAL, "dataset_dir": str(hippocampus_data)}
+    run_workflow(bundle, ["train.json"], **overrides)
+    assert (bundle / "models" / "fold1" / "model_final.pt").is_file()
+
+    run_workflow(bundle, ["train.json", "evaluate.json"], **overrides)
+    eval_dir = bundle / "eval" / "fold1"
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    with open(eval_dir / "per_volume.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert summary["num_volumes"] == len(rows) == 2  # fold 1 of 10 volumes
+    for name in ("anterior", "posterior", "whole"):
+        assert 0.0 <= summary[f"{name}_dice"] <= 1.0
+        limits = summary[f"{name}_bland_altman_soft"]
+        assert limits["lower_limit"] <= limits["bias"] <= limits["upper_limit"]
+    # true volumes in ml from the header spacing (1 mm: 1 voxel = 0.001 ml), in each volume's own grid
+    datalist = json.loads((hippocampus_data / "datalist.json").read_text())
+    validation = {Path(i["label"]).name: i for i in datalist["training"] if i["fold"] == 1}
+    for row in rows:
+        label = np.asarray(nibabel.load(hippocampus_data / validation[row["image"]]["label"]).dataobj)
+        assert float(row["whole_true_ml"]) == pytest.approx((label > 0).sum() / 1000)
+        assert float(row["anterior_true_ml"]) == pytest.approx((label == 1).sum() / 1000)
+    predictions = sorted((eval_dir / "predictions").glob("*_seg.nii.gz"))
+    assert len(predictions) == 2
+    source = nibabel.load(hippocampus_data / validation[rows[0]["image"]]["image"])
+    saved = nibabel.load(next(p for p in predictions if p.name.startswith(rows[0]["image"].split(".")[0])))
+    assert saved.shape[:3] == source.shape and np.allclose(saved.affine, source.affine)
+    assert set(np.unique(np.asarray(saved.dataobj))) <= {0, 1, 2}
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(hippocampus_data / validation[rows[0]["image"]]["image"], inputs / "case.nii.gz")
+    run_workflow(bundle, ["inference.json"], input_dir=str(inputs), spatial_size=SPATIAL, device="cpu")
+    assert nibabel.load(bundle / "predictions" / "case_seg.nii.gz").shape[:3] == source.shape
+
+    if loss == "ce":  # TorchScript export once: the network is the same in every 3D bundle
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(bundle / "models" / "model.ts"),
+            ckpt_file=str(bundle / "models" / "fold1" / "model.pt"),
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            config_file=str(bundle / "configs" / "inference.json"),
+        )
+        scripted, _, _ = load_net_with_metadata(str(bundle / "models" / "model.ts"))
+        volume = torch.rand(1, 1, *SPATIAL)
+        assert scripted(volume).shape == (1, 3, *SPATIAL)
+        assert math.isfinite(float(scripted(volume).sum()))
