@@ -11,7 +11,14 @@ import torch
 from monai.data import MetaTensor
 
 from custom_losses.handlers import LesionMetricsWriter
-from custom_losses.metrics import ReliabilityHistogram, image_metrics, summarize
+from custom_losses.metrics import (
+    ReliabilityHistogram,
+    bland_altman,
+    image_metrics,
+    summarize,
+    summarize_volumes,
+    volume_metrics,
+)
 
 
 def test_image_metrics_hand_computed():
@@ -108,3 +115,39 @@ def test_writer_files_are_complete_and_named(tmp_path):
     assert not list((tmp_path / "eval").glob("*.tmp"))
     with pytest.raises(ValueError, match="1-channel probability"):
         writer.collect(FakeEngine([{"prob": torch.zeros(2, 4, 4), "label": torch.zeros(1, 4, 4)}]))
+
+
+def test_volume_metrics_hand_computed():
+    label = torch.tensor([0, 1, 1, 2, 2, 2]).view(1, 1, 2, 3)  # anterior 2 voxels, posterior 3
+    prob = torch.zeros(3, 1, 2, 3)
+    prob[:, 0, 0, :] = torch.tensor([[0.8, 0.2, 0.0], [0.2, 0.8, 0.5], [0.0, 0.0, 0.5]])
+    prob[:, 0, 1, :] = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.9, 1.0, 1.0]])
+    # argmax: [0, 1, 1 (tie 1/2 -> first), 2, 2, 2]; voxel 2 ml
+    row = volume_metrics(prob, label, voxel_ml=2.0, class_names={1: "anterior", 2: "posterior"})
+    assert row["anterior_dice"] == pytest.approx(1.0)
+    assert row["posterior_dice"] == pytest.approx(1.0)
+    assert row["anterior_true_ml"] == 4.0 and row["anterior_hard_ml"] == 4.0
+    assert row["anterior_soft_ml"] == pytest.approx((0.2 + 0.8 + 0.5 + 0.1) * 2)
+    assert row["posterior_soft_ml"] == pytest.approx((0.5 + 0.9 + 1.0 + 1.0) * 2)
+    assert row["whole_true_ml"] == 10.0 and row["whole_soft_ml"] == pytest.approx(10.0)
+    assert row["anterior_error_soft_ml"] == pytest.approx(3.2 - 4.0)
+    assert row["anterior_rel_error_soft"] == pytest.approx((3.2 - 4.0) / 4.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        volume_metrics(prob, torch.zeros(5), 1.0, {1: "a"})
+
+
+def test_bland_altman_and_volume_summary():
+    limits = bland_altman([1.0, 3.0])  # mean 2, sample SD sqrt(2)
+    assert limits["bias"] == pytest.approx(2.0)
+    assert limits["upper_limit"] == pytest.approx(2.0 + 1.96 * math.sqrt(2))
+    assert bland_altman([])["bias"] is None
+    label = torch.tensor([0, 1, 1, 2]).view(1, 2, 2)
+    exact = torch.nn.functional.one_hot(label[0], 3).permute(2, 0, 1).double()
+    rows = [
+        volume_metrics(exact, label, 1.0, {1: "a", 2: "p"}),
+        volume_metrics(exact * 0 + 1 / 3, label, 1.0, {1: "a", 2: "p"}),
+    ]
+    summary = summarize_volumes(rows, {1: "a", 2: "p"}, None)
+    assert summary["num_volumes"] == 2 and summary["whole_dice"] == pytest.approx((1.0 + 0.0) / 2)
+    assert summary["a_error_soft_ml"] == pytest.approx((0.0 + (4 / 3 - 2)) / 2)
+    assert summary["whole_bland_altman_soft"]["bias"] == pytest.approx((0.0 + (8 / 3 - 3)) / 2)
