@@ -1040,6 +1040,10 @@ DOCS_2D = {
     "    --config_file \"['configs/train.json','configs/evaluate.json','configs/evaluate_ensemble.json']\" \\\n"
     "    --dataset_dir DATA/{spec.name}\n\n",
     "inference": "segment every .jpg/.png of a folder -> predictions/<name>_seg.png at the input size",
+    "size_id": "image_size",
+    "unit": "pixels (a disk)",
+    "checks": "an unreadable or corrupt image, a grayscale image, a mask of another size than its image, a mask "
+    "whose values would all fall under the > 127 threshold",
     "evaluation": "`evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image "
     "and a summary: Dice and IoU on lesion images; Dice over all images with Galdran's convention (both masks "
     "empty = 1, exactly one empty = 0); the share of images predicted empty (ideal: the share of lesion-free "
@@ -1057,6 +1061,10 @@ DOCS_3D = {
     "(the held-out fold)",
     "ensemble": "",
     "inference": "segment every .nii/.nii.gz of a folder -> predictions/<name>_seg.nii.gz with the input's affine",
+    "size_id": "spatial_size",
+    "unit": "voxels (a ball)",
+    "checks": "an unreadable or corrupt volume, a label of another shape than its image, a label with classes the "
+    "bundle does not know",
     "evaluation": "`evaluate.json` runs the held-out fold, maps probabilities and labels back to each volume's own "
     "grid, saves the argmax labels as NIfTI with the input's affine, and writes one CSV row per volume and a "
     "summary, per class (anterior, posterior) and for the whole hippocampus: Dice of the argmax; volume in ml "
@@ -1069,11 +1077,12 @@ DOCS_3D = {
 def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
     loss = LOSSES[loss_name]
     bundle = f"{spec.name}_{loss_name}"
+    texts = DOCS_3D if spec.kind == "mri3d" else DOCS_2D
     overrides = []
     if loss_name == "dbce":
         overrides.append(
-            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in pixels. Pick it by a sweep on fold 1 "
-            "validation, one study folder per radius: `python scripts/run_study.py "
+            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in {texts['unit']}. Pick it by a "
+            "sweep on fold 1 validation, one study folder per radius: `python scripts/run_study.py "
             f"{spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
             f"--output_dir=study/{spec.name}_dbce_rR` for R in 1, 3, 5, 9 (sweep results: pending a GPU run)."
         )
@@ -1083,7 +1092,6 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume)."
         )
     loss_overrides = "\n".join(overrides)
-    texts = DOCS_3D if spec.kind == "mri3d" else DOCS_2D
     model = texts["model"].format(spec=spec)
     ensemble = texts["ensemble"].format(spec=spec)
     return f"""# {bundle}: {spec.title}, {loss.title}
@@ -1100,7 +1108,7 @@ References: {"; ".join(REFERENCES[key] for key in loss.references)}.
 
 - Training: {spec.train_data}.
 - Test: {spec.test_data}.
-- Prepare once (writes resized copies and `datalist.json`; checks every file first):
+- Prepare once (writes the prepared copies and `datalist.json`; checks every file first):
 
 ```bash
 {spec.prepare_command}
@@ -1142,15 +1150,14 @@ python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt
 ```
 
 Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`), `output_dir` (where
-`models/`, `eval/` and `logs/` go), `batch_size`, `num_workers`, `image_size`, `learning_rate`.
+`models/`, `eval/` and `logs/` go), `batch_size`, `num_workers`, `{texts["size_id"]}`, `learning_rate`.
 
 {loss_overrides}
 
 ## Reliability
 
 - **Input checks before training**: a missing or empty `dataset_dir`, a missing datalist, an entry whose
-  file does not exist, an image without a label, an unreadable or corrupt image, a grayscale image, a mask of
-  another size than its image, a mask whose values would all fall under the > 127 threshold, and a fold that
+  file does not exist, an image without a label, {texts["checks"]}, and a fold that
   does not exist each stop the run with one line naming the file and the problem.
 - **Non-finite loss**: a NaN or infinite training loss stops the run, naming epoch and iteration; the best
   model (`model.pt`) and the last epoch checkpoint stay as they were and no `model_final.pt` is written.
