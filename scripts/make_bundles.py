@@ -1070,7 +1070,9 @@ DOCS_3D = {
     "summary, per class (anterior, posterior) and for the whole hippocampus: Dice of the argmax; volume in ml "
     "(voxel size from the header) of the label, of the argmax mask (hard) and of the sum of probabilities "
     "(soft); signed, absolute and relative volume errors; Bland-Altman bias and 95% limits of agreement (hard "
-    "and soft); the expected calibration error of the whole-hippocampus probability (20 bins).",
+    "and soft); the expected calibration error of the whole-hippocampus probability (20 bins). The controlled "
+    "study behind the volume-bias question (known expected volumes, CE vs per-image and batch soft Dice) is "
+    "`scripts/volume_bias_study.py` in the repository, with its result in `docs/volume_bias.png`.",
 }
 
 
