@@ -38,7 +38,28 @@ def _image_name(item: dict, index: int) -> str:
     return f"image_{index:05d}"
 
 
-class LesionMetricsWriter:
+class _EvaluationWriter:
+    """Collects one row per evaluated item and writes the files when the evaluator completes."""
+
+    num_bins: int
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.rows: list[dict] = []
+        self.reliability = ReliabilityHistogram(self.num_bins)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def collect(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def write(self, engine: Engine | None = None) -> dict:
+        raise NotImplementedError
+
+
+class LesionMetricsWriter(_EvaluationWriter):
     """Per-image lesion metrics and their summary, written as ``per_image.csv`` and ``summary.json``.
 
     Attach to an evaluator whose post-processing keeps the foreground probability under ``prob_key``
@@ -70,15 +91,6 @@ class LesionMetricsWriter:
         self.extra = dict(extra or {})
         self.logger = logging.getLogger(__name__)
         self.reset()
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.rows: list[dict] = []
-        self.reliability = ReliabilityHistogram(self.num_bins)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
 
     def collect(self, engine: Engine) -> None:
         output = engine.state.output
@@ -270,7 +282,7 @@ def voxel_volume_ml(image: torch.Tensor) -> float:
     return float(abs(torch.linalg.det(torch.as_tensor(affine, dtype=torch.float64)[:3, :3]))) / 1000.0
 
 
-class VolumeMetricsWriter:
+class VolumeMetricsWriter(_EvaluationWriter):
     """Per-volume Dice and volumes (``per_volume.csv``) and their summary (``summary.json``) for 3D bundles.
 
     Attach to an evaluator whose post-processing keeps the softmax probabilities under ``prob_key``
@@ -293,15 +305,6 @@ class VolumeMetricsWriter:
         self.num_bins = num_bins
         self.extra = dict(extra or {})
         self.reset()
-
-    def reset(self, engine: Engine | None = None) -> None:
-        self.rows: list[dict] = []
-        self.reliability = ReliabilityHistogram(self.num_bins)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
 
     def collect(self, engine: Engine) -> None:
         output = engine.state.output

@@ -628,24 +628,7 @@ def evaluate_config_3d() -> dict:
             ],
         },
         "validate#key_metric": None,
-        "validate#handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "@checkpoint",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
-            {"_target_": "StatsHandler", "iteration_log": False},
-            {
-                "_target_": "custom_losses.handlers.VolumeMetricsWriter",
-                "output_dir": "@eval_dir",
-                "class_names": "@class_names",
-                "num_bins": 20,
-                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
-            },
-        ],
-        "initialize": ["$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
-        "run": [expr("@validate#evaluator.run()")],
+        **fold_evaluation("VolumeMetricsWriter", {"class_names": "@class_names"}),
     }
 
 
@@ -659,6 +642,13 @@ def evaluate_config(spec: DatasetSpec) -> dict:
         "validate#datalist": expr("custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test')"),
         "validate#postprocessing": probability_postprocessing(),
         "validate#key_metric": test_key_metric(),
+        **fold_evaluation("LesionMetricsWriter", {"threshold": 0.5}),
+    }
+
+
+def fold_evaluation(writer: str, writer_args: dict) -> dict:
+    """Load the fold's best checkpoint, log, write the metrics with ``custom_losses.handlers.<writer>``."""
+    return {
         "validate#handlers": [
             {
                 "_target_": "CheckpointLoader",
@@ -668,14 +658,14 @@ def evaluate_config(spec: DatasetSpec) -> dict:
             },
             {"_target_": "StatsHandler", "iteration_log": False},
             {
-                "_target_": "custom_losses.handlers.LesionMetricsWriter",
+                "_target_": f"custom_losses.handlers.{writer}",
                 "output_dir": "@eval_dir",
-                "threshold": 0.5,
+                **writer_args,
                 "num_bins": 20,
                 "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
             },
         ],
-        "initialize": [expr("monai.utils.set_determinism(seed=@seed)")],
+        "initialize": ["$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
         "run": [expr("@validate#evaluator.run()")],
     }
 
