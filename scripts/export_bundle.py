@@ -21,7 +21,6 @@ import copy
 import hashlib
 import inspect
 import json
-import os
 import re
 import shutil
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ckpt_export
+
+from custom_losses.atomic import replace_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO / "bundles"
@@ -341,21 +342,11 @@ def stage_bundle(source: Path, bundle_dir: Path, checkpoint: Path | None, fold: 
 
 def write_zip(bundle_dir: Path, zip_path: Path) -> None:
     """Zip ``bundle_dir`` with its name as the top folder; the zip appears only when complete."""
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                for path in sorted(bundle_dir.rglob("*")):
-                    if path.is_file():  # weights barely deflate (8%, seconds per 100 MB): stored as they are
-                        compression = zipfile.ZIP_STORED if path.suffix in (".pt", ".ts") else zipfile.ZIP_DEFLATED
-                        archive.write(path, path.relative_to(bundle_dir.parent).as_posix(), compression)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, zip_path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replace_atomically(zip_path, "wb") as handle, zipfile.ZipFile(handle, "w") as archive:
+        for path in sorted(bundle_dir.rglob("*")):
+            if path.is_file():  # weights barely deflate (8%, seconds per 100 MB): stored as they are
+                compression = zipfile.ZIP_STORED if path.suffix in (".pt", ".ts") else zipfile.ZIP_DEFLATED
+                archive.write(path, path.relative_to(bundle_dir.parent).as_posix(), compression)
 
 
 def export_bundle(

@@ -267,3 +267,23 @@ def write_hippocampus_layout(
         }
         (root / "dataset.json").write_text(json.dumps(dataset, indent=4) + "\n")
     return root
+
+
+def write_prepared_polyp(
+    root: str | Path,
+    n_train: int = 20,
+    n_lesion: int = 6,
+    n_lesion_free: int = 4,
+    size: tuple[int, int] = (80, 72),
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Kvasir/EndoTect-like layouts under ``root`` prepared by ``prepare_data.prepare_polyp``; returns the
+    prepared folder (``datalist.json`` inside), ready as a bundle's ``dataset_dir``."""
+    from scripts.prepare_data import prepare_polyp
+
+    root = Path(root)
+    write_kvasir_layout(root / "kvasir", n_images=n_train, size=size, seed=seed)
+    write_endotect_layout(root / "endotect", n_lesion=n_lesion, n_lesion_free=n_lesion_free, size=size, seed=seed + 1)
+    prepare_polyp(root / "kvasir", root / "endotect", root / "prepared", size=image_size)
+    return root / "prepared"

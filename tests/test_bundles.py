@@ -21,8 +21,7 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from scripts.make_bundles import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
-from scripts.prepare_data import prepare_polyp
-from scripts.synthetic import write_endotect_layout, write_kvasir_layout
+from scripts.synthetic import write_prepared_polyp
 
 GENERATED = all_bundles()
 BUNDLE_NAMES = sorted(GENERATED)
@@ -34,11 +33,7 @@ FAST = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "im
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("polyp_data")
-    write_kvasir_layout(root / "kvasir", n_images=20, size=(80, 72), seed=0)
-    write_endotect_layout(root / "endotect", n_lesion=6, n_lesion_free=4, size=(80, 72), seed=1)
-    prepare_polyp(root / "kvasir", root / "endotect", root / "prepared", size=IMAGE_SIZE)
-    return root / "prepared"
+    return write_prepared_polyp(tmp_path_factory.mktemp("polyp_data"), image_size=IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")

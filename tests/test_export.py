@@ -20,8 +20,7 @@ from monai.utils import set_determinism
 
 from scripts.export_bundle import PACKAGE_DIR, export_bundle, main, vendored_modules
 from scripts.make_bundles import BUNDLES_DIR, SCHEMA_FILE
-from scripts.prepare_data import prepare_polyp
-from scripts.synthetic import write_endotect_layout, write_kvasir_layout
+from scripts.synthetic import write_prepared_polyp
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "polyp_ce"
@@ -68,11 +67,9 @@ def cli(overrides: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("polyp_data")
-    write_kvasir_layout(root / "kvasir", n_images=10, size=(80, 72), seed=0)
-    write_endotect_layout(root / "endotect", n_lesion=3, n_lesion_free=2, size=(80, 72), seed=1)
-    prepare_polyp(root / "kvasir", root / "endotect", root / "prepared", size=IMAGE_SIZE)
-    return root / "prepared"
+    return write_prepared_polyp(
+        tmp_path_factory.mktemp("polyp_data"), n_train=10, n_lesion=3, n_lesion_free=2, image_size=IMAGE_SIZE
+    )
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,15 @@ from custom_losses.atomic import write_json_atomic
 from custom_losses.data import DataError, check_items, fold_split, load_split
 from custom_losses.handlers import AtomicCheckpointSaver, LesionMetricsWriter
 from scripts.make_bundles import BUNDLES_DIR
-from scripts.prepare_data import prepare_polyp
-from scripts.synthetic import write_endotect_layout, write_kvasir_layout
+from scripts.synthetic import write_prepared_polyp
 from tests.test_bundles import FAST, run_workflow
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reliability")
-    write_kvasir_layout(root / "kvasir", n_images=20, size=(72, 64), seed=4)
-    write_endotect_layout(root / "endotect", n_lesion=4, n_lesion_free=2, size=(72, 64), seed=5)
-    prepare_polyp(root / "kvasir", root / "endotect", root / "prepared", size=64)
-    return root / "prepared"
+    return write_prepared_polyp(
+        tmp_path_factory.mktemp("reliability"), n_lesion=4, n_lesion_free=2, size=(72, 64), seed=4
+    )
 
 
 @pytest.fixture
