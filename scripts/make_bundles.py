@@ -707,55 +707,6 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
     }
 
 
-def inference_config_3d(spec: DatasetSpec) -> dict:
-    """Standalone: every .nii/.nii.gz in ``input_dir`` -> a label volume (NIfTI, the input's affine)."""
-    config = common_config(spec)
-    config.update(
-        {
-            "imports": config["imports"] + ["$import glob", "$import numpy"],
-            "input_dir": "@bundle_root",
-            "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
-            "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
-            "datalist": expr(
-                "[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, '*.nii.gz')) "
-                "+ glob.glob(os.path.join(@input_dir, '*.nii')))]"
-            ),
-            "preprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
-                    {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                    {"_target_": "NormalizeIntensityd", "keys": "image"},
-                    {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
-                    {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
-                ],
-            },
-            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
-            "inferer": {"_target_": "SimpleInferer"},
-            "postprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                    {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
-                    {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                    {
-                        "_target_": "SaveImaged",
-                        "keys": "pred",
-                        "output_dir": "@prediction_dir",
-                        "output_postfix": "seg",
-                        "output_dtype": expr("numpy.uint8"),
-                        "separate_folder": False,
-                        "resample": False,
-                    },
-                ],
-            },
-        }
-    )
-    config.update(_inference_engine())
-    return config
-
-
 def _inference_engine() -> dict:
     return {
         "handlers": [
@@ -784,72 +735,90 @@ def _inference_engine() -> dict:
 
 
 def inference_config(spec: DatasetSpec) -> dict:
-    """Standalone: every .jpg/.png in ``input_dir`` -> a 0/255 PNG mask at the input's own size."""
-    if spec.kind == "mri3d":
-        return inference_config_3d(spec)
+    """Standalone: every image in ``input_dir`` -> its prediction in ``prediction_dir``, at the input's own size:
+    a 0/255 PNG mask (2D) or a label volume with the input's affine (3D NIfTI)."""
     config = common_config(spec)
-    image_loading = load_transforms(spec)[0]
+    if spec.kind == "mri3d":
+        patterns, extra = ("*.nii.gz", "*.nii"), {}
+        preprocessing = [
+            {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image"},
+            {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+        ]
+        postprocessing = [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@prediction_dir",
+                "output_postfix": "seg",
+                "output_dtype": expr("numpy.uint8"),
+                "separate_folder": False,
+                "resample": False,
+            },
+        ]
+    else:
+        patterns, extra = ("*.jpg", "*.jpeg", "*.png"), {"threshold": 0.5}
+        image_loading = load_transforms(spec)[0]
+        preprocessing = [
+            image_loading,
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": 0.0,
+                "a_max": 255.0,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
+            {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+        ]
+        postprocessing = [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@prediction_dir",
+                "output_postfix": "seg",
+                "output_ext": ".png",
+                "output_dtype": expr("numpy.uint8"),
+                "scale": 255,
+                "separate_folder": False,
+                "resample": False,
+                "writer": "PILWriter",
+            },
+        ]
+    found = " + ".join(f"glob.glob(os.path.join(@input_dir, '{pattern}'))" for pattern in patterns)
     config.update(
         {
             "imports": config["imports"] + ["$import glob", "$import numpy"],
             "input_dir": "@bundle_root",
             "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
             "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
-            "threshold": 0.5,
-            "datalist": expr(
-                "[{'image': f} for f in sorted(glob.glob(os.path.join(@input_dir, '*.jpg')) "
-                "+ glob.glob(os.path.join(@input_dir, '*.jpeg')) + glob.glob(os.path.join(@input_dir, '*.png')))]"
-            ),
-            "preprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    image_loading,
-                    {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                    {
-                        "_target_": "ScaleIntensityRanged",
-                        "keys": "image",
-                        "a_min": 0.0,
-                        "a_max": 255.0,
-                        "b_min": 0.0,
-                        "b_max": 1.0,
-                        "clip": True,
-                    },
-                    {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
-                    {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
-                ],
-            },
+            **extra,
+            "datalist": expr(f"[{{'image': f}} for f in sorted({found})]"),
+            "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
             "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
             "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
             "inferer": {"_target_": "SimpleInferer"},
-            "postprocessing": {
-                "_target_": "Compose",
-                "transforms": [
-                    {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                    {
-                        "_target_": "Invertd",
-                        "keys": "pred",
-                        "transform": "@preprocessing",
-                        "orig_keys": "image",
-                        "nearest_interp": False,
-                    },
-                    {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
-                    {
-                        "_target_": "SaveImaged",
-                        "keys": "pred",
-                        "output_dir": "@prediction_dir",
-                        "output_postfix": "seg",
-                        "output_ext": ".png",
-                        "output_dtype": expr("numpy.uint8"),
-                        "scale": 255,
-                        "separate_folder": False,
-                        "resample": False,
-                        "writer": "PILWriter",
-                    },
-                ],
-            },
+            "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
+            **_inference_engine(),
         }
     )
-    config.update(_inference_engine())
     return config
 
 
