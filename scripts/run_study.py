@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
     sys.path.insert(0, str(REPO))
 
-from scripts.make_bundles import LOSSES  # noqa: E402
+from scripts.make_bundles import DATASETS as DATASET_SPECS  # noqa: E402
 from scripts.study_report import write_report  # noqa: E402
 
-DATASETS = ("polyp", "footulcer", "hippocampus", "demo")
+STUDY_DATASETS = (*DATASET_SPECS, "demo")
 DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
 EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 
@@ -46,8 +46,7 @@ def bundle_names(dataset: str, bundles: list[str] | str | None, bundles_dir: Pat
     """Bundle folders to run: ``<dataset>_<loss>`` for the chosen losses (default: every loss)."""
     prefix = "polyp" if dataset == "demo" else dataset
     if bundles is None:
-        names = [f"{prefix}_{loss}" for loss in LOSSES]
-        names = [n for n in names if (bundles_dir / n).is_dir()] or names
+        names = [f"{prefix}_{loss}" for loss in DATASET_SPECS[prefix].losses]
     else:
         requested = [bundles] if isinstance(bundles, str) else list(bundles)
         names = [b if b.startswith(prefix + "_") else f"{prefix}_{b}" for b in requested]
@@ -207,8 +206,10 @@ def study(
         bundles_dir: where the bundles live (default: this repo's ``bundles/``).
         overrides: any other bundle config id, e.g. ``--batch_size=8 --num_workers=8``.
     """
-    if dataset not in DATASETS:
-        raise StudyError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
+    if dataset not in STUDY_DATASETS:
+        raise StudyError(f"dataset must be one of {', '.join(STUDY_DATASETS)}, got {dataset!r}")
+    if ensemble and dataset == "hippocampus":
+        raise StudyError("hippocampus is evaluated by cross-validation on held-out folds: no test set to ensemble on")
     started = time.time()
     out = Path(output_dir or REPO / "study" / dataset).resolve()
     bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"

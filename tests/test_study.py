@@ -89,6 +89,11 @@ def test_study_refuses_bad_arguments(tmp_path):
         run_study.study("polyp", output_dir=str(tmp_path))
     with pytest.raises(run_study.StudyError, match="no bundle polyp_focal"):
         run_study.study("polyp", bundles=["focal"], data_dir=str(tmp_path), output_dir=str(tmp_path))
+    with pytest.raises(run_study.StudyError, match="no test set to ensemble on"):
+        run_study.study("hippocampus", ensemble=True, data_dir=str(tmp_path), output_dir=str(tmp_path))
+    assert run_study.bundle_names("hippocampus", None, run_study.REPO / "bundles") == [
+        f"hippocampus_{loss}" for loss in ("ce", "dice", "batch_dice", "ce_dice", "ce_finetune_dice", "dbce")
+    ]
     with pytest.raises(run_study.StudyError, match="datalist.json does not exist"):
         run_study.study("polyp", bundles=["ce"], data_dir=str(tmp_path), output_dir=str(tmp_path))
     assert run_study.main(["polyp", f"--output_dir={tmp_path}"]) == 1
