@@ -646,16 +646,20 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     }
 
 
+# loads the model of `checkpoint` before an evaluation or inference run
+CHECKPOINT_LOADER = {
+    "_target_": "CheckpointLoader",
+    "load_path": "@checkpoint",
+    "load_dict": {"model": "@network"},
+    "map_location": "@device",
+}
+
+
 def fold_evaluation(writer: str, writer_args: dict) -> dict:
     """Load the fold's best checkpoint, log, write the metrics with ``custom_losses.handlers.<writer>``."""
     return {
         "validate#handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "@checkpoint",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
+            CHECKPOINT_LOADER,
             {"_target_": "StatsHandler", "iteration_log": False},
             {
                 "_target_": f"custom_losses.handlers.{writer}",
@@ -710,12 +714,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
 def _inference_engine() -> dict:
     return {
         "handlers": [
-            {
-                "_target_": "CheckpointLoader",
-                "load_path": "@checkpoint",
-                "load_dict": {"model": "@network"},
-                "map_location": "@device",
-            },
+            CHECKPOINT_LOADER,
             {"_target_": "StatsHandler", "iteration_log": False},
         ],
         "evaluator": {
