@@ -1,6 +1,7 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import data, handlers, metrics, networks
+from . import augment, data, handlers, metrics, networks
+from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
     BalancedCrossEntropyLoss,
@@ -18,11 +19,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ALPHA_SCHEDULES",
     "BalancedCrossEntropyLoss",
+    "BatchAugmentation",
     "CEDiceLoss",
     "CrossEntropyLoss",
     "DilatedBalancedCrossEntropyLoss",
     "SoftDiceLoss",
     "alpha_scheduler",
+    "augment",
     "combo_alpha",
     "data",
     "dilate",

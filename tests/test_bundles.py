@@ -124,7 +124,7 @@ def test_train_evaluate_infer_export(name, dataset_dir, raw_images, tmp_path):
     fold_dir = bundle / "models" / "fold1"
     assert (fold_dir / "model.pt").is_file() and (fold_dir / "model_final.pt").is_file()
     trainer = train.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 2 and math.isfinite(float(trainer.state.output[0]["loss"]))
+    assert trainer.state.epoch == 2 and math.isfinite(float(trainer.state.output["loss"]))
     schedule = train.parser.get("alpha_schedule")
     if schedule is not None:  # alpha of the last (second) epoch of E = 2
         expected_alpha = {"combo": 0.5, "linear": 0.0, "finetune": 1.0}[schedule]
