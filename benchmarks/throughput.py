@@ -8,6 +8,11 @@ Ceiling: the bundle's network, batch, precision and input size trained on tensor
 transforms, SupervisedTrainer, handlers) on the prepared data. Reported: images/s after the first epoch,
 the first-epoch overhead, evaluation images/s, peak GPU memory, and the ratios (bundle / ceiling,
 DBCE / CE). Without ``--data_dir`` a synthetic dataset is made and prepared like the real one.
+
+Also, to show where a pipeline can fall behind the device: the images/s the bundle's data pipeline alone
+delivers (cache, ThreadDataLoader, BatchAugmentation; no network), the same augmentation as MONAI's
+per-image transforms on one CPU core, and the Python cost per batch of post-processing item by item
+(decollated) against the whole batch at once.
 """
 
 from __future__ import annotations
@@ -116,6 +121,110 @@ def bundle_pipeline(bundle: Path, data_dir: Path, device: torch.device, override
     return result
 
 
+def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides: dict, epochs: int = 2) -> dict:
+    """Images/s of the bundle's training data pipeline alone: cached batches through ``prepare_batch``."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(data_dir),
+        device=str(device),
+        **overrides,
+    )
+    workflow.initialize()
+    loader = workflow.parser.get_parsed_content("train#dataloader")  # the cache is filled here
+    trainer = workflow.parser.get("train#trainer")
+    prepare = workflow.parser.get_parsed_content("train#augmentation") if "prepare_batch" in trainer else None
+    seconds = []
+    for _ in range(epochs):
+        _sync(device)
+        start, images = time.perf_counter(), 0
+        for batch in loader:
+            image, _ = prepare(batch, device) if prepare else (batch["image"].to(device), batch["label"].to(device))
+            images += image.shape[0]
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return {"images_per_s": round(images / min(seconds[1:] or seconds), 2)}
+
+
+def per_image_augmentation(image_size: int, repeats: int = 40) -> dict:
+    """ms per image of the bundles' augmentation as MONAI per-image transforms on one CPU core (the old way)."""
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ["image", "label"]
+    chain = Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandAffined(keys, prob=0.5, rotate_range=[0.5], scale_range=[0.2, 0.2], mode=["bilinear", "nearest"]),
+            RandScaleIntensityd("image", factors=0.15, prob=0.5, channel_wise=True),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=0.5),
+        ]
+    ).set_random_state(0)
+    item = {"image": torch.rand(3, image_size, image_size), "label": torch.zeros(1, image_size, image_size)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(5):
+            chain(item)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            chain(item)
+        ms = 1e3 * (time.perf_counter() - start) / repeats
+    finally:
+        torch.set_num_threads(threads)
+    return {"ms_per_image": round(ms, 2), "images_per_s_per_core": round(1e3 / ms, 1)}
+
+
+def postprocessing_host_ms(batch_size: int, repeats: int = 200) -> dict:
+    """Python cost of the training post-processing per batch: item by item (decollated) or batched.
+
+    Tiny tensors, so the figure is the per-batch host overhead that a GPU step cannot hide, not arithmetic.
+    """
+    from monai.data import decollate_batch
+    from monai.engines.utils import engine_apply_transform
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    post = Compose([Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=0.5)])
+
+    def batch() -> tuple[dict, dict]:
+        image, label, pred = (
+            torch.rand(batch_size, 3, 8, 8),
+            torch.rand(batch_size, 1, 8, 8),
+            torch.rand(batch_size, 1, 8, 8),
+        )
+        return {"image": image, "label": label}, {"image": image, "label": label, "pred": pred, "loss": pred.mean()}
+
+    def decollated() -> None:
+        inputs, outputs = batch()
+        for item, output in zip(
+            decollate_batch(inputs, detach=True), decollate_batch(outputs, detach=True), strict=True
+        ):
+            engine_apply_transform(item, output, post)
+
+    def batched() -> None:
+        engine_apply_transform(*batch(), post)
+
+    result = {}
+    for name, run in (("decollated", decollated), ("batched", batched)):
+        for _ in range(10):
+            run()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        result[f"{name}_ms"] = round(1e3 * (time.perf_counter() - start) / repeats, 2)
+    return result
+
+
 def synthetic_data(root: Path, image_size: int, num_train: int) -> Path:
     from scripts.demo_data import write_demo_layouts
     from scripts.prepare_data import prepare_polyp
@@ -172,6 +281,8 @@ def main(
             overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
             print(f"{name}: ceiling...", flush=True)
             result = {"image_size": size, "ceiling": ceiling(bundle, dev, size, batch_size, ceiling_steps)}
+            print(f"{name}: data pipeline alone...", flush=True)
+            result["data_pipeline"] = data_pipeline(bundle, data, dev, overrides)
             print(f"{name}: bundle pipeline ({epochs} epochs)...", flush=True)
             result["bundle"] = bundle_pipeline(bundle, data, dev, overrides, work / "runs")
             result["bundle_over_ceiling"] = round(
@@ -185,6 +296,9 @@ def main(
             report[f"{dataset}_dbce_over_ce_images_per_s"] = round(
                 dbce["bundle"]["images_per_s"] / ce["bundle"]["images_per_s"], 3
             )
+    sizes = sorted({result["image_size"] for result in report["bundles"].values()})
+    report["monai_per_image_augmentation_cpu"] = {str(size): per_image_augmentation(size) for size in sizes}
+    report["postprocessing_host_ms_per_batch"] = postprocessing_host_ms(batch_size)
     Path(output).write_text(json.dumps(report, indent=4) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "bundles"}, indent=4))
     for name, result in report["bundles"].items():
@@ -192,7 +306,8 @@ def main(
         print(
             f"{name}: ceiling {result['ceiling']['images_per_s']} img/s, bundle {pipeline['images_per_s']} img/s "
             f"({100 * result['bundle_over_ceiling']:.0f}% of ceiling), eval {pipeline['eval_images_per_s']} img/s, "
-            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s"
+            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s, "
+            f"data pipeline alone {result['data_pipeline']['images_per_s']} img/s"
         )
 
 
