@@ -49,12 +49,12 @@ def sampling_matrices(
     flip_signs = 1.0 - 2.0 * flips.to(angles.dtype)
     # grid point p in centred pixel units samples the flipped image at R S p, i.e. the input at F R S p
     rows_cols = flip_signs[:, :, None] * rotation * scales[:, None, :]
-    # affine_grid orders coordinates (x = column, y = row) and normalises by the size (align_corners=False)
-    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=angles.dtype, device=angles.device)
-    to_normalised = torch.tensor([2.0 / width, 2.0 / height], dtype=angles.dtype, device=angles.device)
-    xy = swap @ rows_cols @ swap
-    xy = to_normalised[:, None] * xy / to_normalised[None, :]
-    return torch.cat([xy, torch.zeros_like(xy[:, :, :1])], dim=2)
+    # affine_grid orders coordinates (x = column, y = row) and normalises each by its own size
+    # (align_corners=False); built from the batch's own tensors, so nothing is copied to the device
+    zeros = torch.zeros_like(angles)
+    x_row = torch.stack([rows_cols[:, 1, 1], rows_cols[:, 1, 0] * (height / width), zeros], -1)
+    y_row = torch.stack([rows_cols[:, 0, 1] * (width / height), rows_cols[:, 0, 0], zeros], -1)
+    return torch.stack([x_row, y_row], 1)
 
 
 class BatchAugmentation(PrepareBatch):
