@@ -1,6 +1,6 @@
 """Training and evaluation speed of the bundles against the ceiling, in one run.
 
-    python benchmarks/throughput.py --device=cuda --data_dir=DATA/polyp            # real prepared data
+    python benchmarks/throughput.py --device=cuda --data_dir=DATA   # DATA/polyp, DATA/footulcer prepared
     python benchmarks/throughput.py --device=cpu --image_size=64 --epochs=2        # CPU smoke run, synthetic data
 
 Ceiling: the bundle's network, batch, precision and input size trained on tensors already on the device
@@ -10,9 +10,9 @@ the first-epoch overhead, evaluation images/s, peak GPU memory, and the ratios (
 DBCE / CE). Without ``--data_dir`` a synthetic dataset is made and prepared like the real one.
 
 Also, to show where a pipeline can fall behind the device: the images/s the bundle's data pipeline alone
-delivers (cache, ThreadDataLoader, BatchAugmentation; no network), the same augmentation as MONAI's
-per-image transforms on one CPU core, and the Python cost per batch of post-processing item by item
-(decollated) against the whole batch at once.
+delivers (cache, ThreadDataLoader, BatchAugmentation; no network), the augmentation's cost per image on
+one CPU core as MONAI's per-image transforms and as BatchAugmentation on a batch, and the Python cost per
+batch of post-processing item by item (decollated) against the whole batch at once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fire
@@ -148,8 +149,9 @@ def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides:
     return {"images_per_s": round(images / min(seconds[1:] or seconds), 2)}
 
 
-def per_image_augmentation(image_size: int, repeats: int = 40) -> dict:
-    """ms per image of the bundles' augmentation as MONAI per-image transforms on one CPU core (the old way)."""
+def augmentation_cost(image_size: int, batch_size: int, repeats: int = 40) -> dict:
+    """ms per image on one CPU core of the bundles' augmentation: MONAI's per-image transforms (what the 2D
+    bundles used before) against ``BatchAugmentation`` on a whole batch (what they use, on the device)."""
     from monai.transforms import (
         Compose,
         RandAdjustContrastd,
@@ -158,6 +160,8 @@ def per_image_augmentation(image_size: int, repeats: int = 40) -> dict:
         RandScaleIntensityd,
         RandShiftIntensityd,
     )
+
+    from custom_losses.augment import BatchAugmentation
 
     keys = ["image", "label"]
     chain = Compose(
@@ -171,18 +175,25 @@ def per_image_augmentation(image_size: int, repeats: int = 40) -> dict:
         ]
     ).set_random_state(0)
     item = {"image": torch.rand(3, image_size, image_size), "label": torch.zeros(1, image_size, image_size)}
+    batch = {key: torch.stack([value] * batch_size) for key, value in item.items()}
+    augmentation = BatchAugmentation()
+
+    def ms_per_image(run: Callable[[], object], images: int) -> float:
+        for _ in range(3):
+            run()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        return round(1e3 * (time.perf_counter() - start) / (repeats * images), 2)
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for _ in range(5):
-            chain(item)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            chain(item)
-        ms = 1e3 * (time.perf_counter() - start) / repeats
+        monai_ms = ms_per_image(lambda: chain(item), 1)
+        batch_ms = ms_per_image(lambda: augmentation(batch), batch_size)
     finally:
         torch.set_num_threads(threads)
-    return {"ms_per_image": round(ms, 2), "images_per_s_per_core": round(1e3 / ms, 1)}
+    return {"monai_per_image_ms": monai_ms, "batch_augmentation_ms": batch_ms, "ratio": round(monai_ms / batch_ms, 2)}
 
 
 def postprocessing_host_ms(batch_size: int, repeats: int = 200) -> dict:
@@ -225,6 +236,21 @@ def postprocessing_host_ms(batch_size: int, repeats: int = 200) -> dict:
     return result
 
 
+def _prepared(data_dir: Path, bundle_name: str) -> Path:
+    """``data_dir/<dataset>`` when it holds a datalist (one root for all bundles), else ``data_dir`` itself."""
+    own = data_dir / bundle_name.split("_")[0]
+    chosen = own if (own / "datalist.json").is_file() else data_dir
+    if not (chosen / "datalist.json").is_file():
+        raise FileNotFoundError(
+            f"no prepared dataset for {bundle_name}: neither {own} nor {data_dir} has datalist.json"
+        )
+    return chosen
+
+
+def _native_image_size(bundle: Path) -> int:
+    return json.loads((bundle / "configs" / "train.json").read_text())["image_size"]
+
+
 def synthetic_data(root: Path, image_size: int, num_train: int) -> Path:
     from scripts.demo_data import write_demo_layouts
     from scripts.prepare_data import prepare_polyp
@@ -252,7 +278,8 @@ def main(
 
     Args:
         device: ``cuda`` or ``cpu``.
-        data_dir: a prepared dataset (``datalist.json``); default: a synthetic one at ``image_size``.
+        data_dir: a prepared dataset (``datalist.json``), or a folder with one per dataset (``polyp/``,
+            ``footulcer/``); default: a synthetic one at each bundle's ``image_size``.
         bundles: bundle folder names under ``bundles/``.
         image_size: input size (default: each bundle's own, 352 polyp / 512 foot ulcer).
         batch_size: training batch size.
@@ -276,8 +303,12 @@ def main(
         work = Path(tmp)
         for name in bundles:
             bundle = REPO / "bundles" / name
-            size = image_size or json.loads((bundle / "configs" / "train.json").read_text())["image_size"]
-            data = Path(data_dir) if data_dir else synthetic_data(work / f"data{size}", size, synthetic_images)
+            size = image_size or _native_image_size(bundle)
+            data = (
+                _prepared(Path(data_dir), name)
+                if data_dir
+                else synthetic_data(work / f"data{size}", size, synthetic_images)
+            )
             overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
             print(f"{name}: ceiling...", flush=True)
             result = {"image_size": size, "ceiling": ceiling(bundle, dev, size, batch_size, ceiling_steps)}
@@ -296,8 +327,10 @@ def main(
             report[f"{dataset}_dbce_over_ce_images_per_s"] = round(
                 dbce["bundle"]["images_per_s"] / ce["bundle"]["images_per_s"], 3
             )
-    sizes = sorted({result["image_size"] for result in report["bundles"].values()})
-    report["monai_per_image_augmentation_cpu"] = {str(size): per_image_augmentation(size) for size in sizes}
+    native_sizes = sorted({_native_image_size(REPO / "bundles" / name) for name in bundles})
+    report["augmentation_ms_per_image_one_cpu_core"] = {
+        str(size): augmentation_cost(size, batch_size) for size in native_sizes
+    }
     report["postprocessing_host_ms_per_batch"] = postprocessing_host_ms(batch_size)
     Path(output).write_text(json.dumps(report, indent=4) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "bundles"}, indent=4))

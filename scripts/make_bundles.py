@@ -591,7 +591,7 @@ def train_data_pipeline(spec: DatasetSpec) -> dict:
         "to_device": to_device(track_meta=False),
         "augmentation": batch_augmentation(),
         "dataset": {**cache_dataset("train"), "copy_cache": False},  # augmentation never writes into the cache
-        "dataloader": thread_data_loader("train", shuffle=True),
+        "dataloader": data_loader("train", shuffle=True, on_device=True),
     }
 
 
@@ -612,7 +612,7 @@ def validate_data_pipeline(spec: DatasetSpec) -> dict:
             ],
         },
         "dataset": cache_dataset("validate"),
-        "dataloader": thread_data_loader("validate", shuffle=False),
+        "dataloader": data_loader("validate", shuffle=False, on_device=True),
     }
 
 
@@ -626,28 +626,15 @@ def cache_dataset(section: str) -> dict:
     }
 
 
-def _batch_size(section: str) -> str:
-    return "@batch_size" if section == "train" else "@val_batch_size"
-
-
-def data_loader(section: str, shuffle: bool) -> dict:
+def data_loader(section: str, shuffle: bool, on_device: bool = False) -> dict:
+    """``on_device``: batches of device-resident tensors assembled in a background thread (ThreadDataLoader,
+    no worker processes); otherwise a DataLoader with ``num_workers`` processes."""
     return {
-        "_target_": "DataLoader",
+        "_target_": "ThreadDataLoader" if on_device else "DataLoader",
         "dataset": f"@{section}#dataset",
-        "batch_size": _batch_size(section),
+        "batch_size": "@batch_size" if section == "train" else "@val_batch_size",
         "shuffle": shuffle,
-        "num_workers": "@num_workers",
-    }
-
-
-def thread_data_loader(section: str, shuffle: bool) -> dict:
-    """Batches of device-resident tensors, assembled in a background thread (no worker processes)."""
-    return {
-        "_target_": "ThreadDataLoader",
-        "dataset": f"@{section}#dataset",
-        "batch_size": _batch_size(section),
-        "shuffle": shuffle,
-        "num_workers": 0,
+        "num_workers": 0 if on_device else "@num_workers",
     }
 
 

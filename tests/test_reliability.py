@@ -211,7 +211,9 @@ def losses_of_a_run(bundle: Path, dataset: Path, seed: int) -> list[float]:
 
     class Recorder:
         def attach(self, engine):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
+            engine.add_event_handler(
+                Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach()))
+            )
 
     workflow = ConfigWorkflow(
         config_file=str(bundle / "configs" / "train.json"),
