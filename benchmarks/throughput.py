@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --device=cuda --data_dir=DATA   # DATA/polyp, DATA/footulcer prepared
     python benchmarks/throughput.py --device=cpu --image_size=64 --epochs=2        # CPU smoke run, synthetic data
+    python benchmarks/throughput.py --device=cpu --data_dir=DATA --data_only=True  # data side only, real sizes
 
 Ceiling: the bundle's network, batch, precision and input size trained on tensors already on the device
 (no data loading, no handlers). Bundle: the bundle's own train.json (MONAI datasets, dataloaders,
@@ -123,7 +124,8 @@ def bundle_pipeline(bundle: Path, data_dir: Path, device: torch.device, override
 
 
 def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides: dict, epochs: int = 2) -> dict:
-    """Images/s of the bundle's training data pipeline alone: cached batches through ``prepare_batch``."""
+    """Images/s of the bundle's training data pipeline alone (cached batches through ``prepare_batch``), and
+    the fixed cost every training run pays first: checking the split's files, filling the cache."""
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(
@@ -134,7 +136,14 @@ def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides:
         **overrides,
     )
     workflow.initialize()
-    loader = workflow.parser.get_parsed_content("train#dataloader")  # the cache is filled here
+    start = time.perf_counter()
+    items = len(workflow.parser.get_parsed_content("train#datalist"))  # every file opened and checked
+    split_checks_s = time.perf_counter() - start
+    start = time.perf_counter()
+    workflow.parser.get_parsed_content("train#dataset")  # the cache is filled here
+    _sync(device)
+    cache_fill_s = time.perf_counter() - start
+    loader = workflow.parser.get_parsed_content("train#dataloader")
     trainer = workflow.parser.get("train#trainer")
     prepare = workflow.parser.get_parsed_content("train#augmentation") if "prepare_batch" in trainer else None
     seconds = []
@@ -146,7 +155,12 @@ def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides:
             images += image.shape[0]
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    return {"images_per_s": round(images / min(seconds[1:] or seconds), 2)}
+    return {
+        "train_items": items,
+        "split_checks_s": round(split_checks_s, 2),
+        "cache_fill_s": round(cache_fill_s, 2),
+        "images_per_s": round(images / min(seconds[1:] or seconds), 2),
+    }
 
 
 def augmentation_cost(image_size: int, batch_size: int, repeats: int = 40) -> dict:
@@ -273,6 +287,7 @@ def main(
     ceiling_steps: int = 30,
     synthetic_images: int = 200,
     output: str = "throughput.json",
+    data_only: bool = False,
 ) -> None:
     """Measure ceiling and bundle pipeline speed for each bundle; print ratios and write ``output``.
 
@@ -288,6 +303,8 @@ def main(
         ceiling_steps: timed steps of the ceiling.
         synthetic_images: training images of the synthetic dataset when no ``data_dir`` is given.
         output: JSON file for every figure.
+        data_only: measure only the data side (split checks, cache fill, data pipeline alone, augmentation
+            and post-processing costs), e.g. on a CPU at the bundles' real image size.
     """
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
@@ -310,10 +327,13 @@ def main(
                 else synthetic_data(work / f"data{size}", size, synthetic_images)
             )
             overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
-            print(f"{name}: ceiling...", flush=True)
-            result = {"image_size": size, "ceiling": ceiling(bundle, dev, size, batch_size, ceiling_steps)}
             print(f"{name}: data pipeline alone...", flush=True)
-            result["data_pipeline"] = data_pipeline(bundle, data, dev, overrides)
+            result = {"image_size": size, "data_pipeline": data_pipeline(bundle, data, dev, overrides)}
+            if data_only:
+                report["bundles"][name] = result
+                continue
+            print(f"{name}: ceiling...", flush=True)
+            result["ceiling"] = ceiling(bundle, dev, size, batch_size, ceiling_steps)
             print(f"{name}: bundle pipeline ({epochs} epochs)...", flush=True)
             result["bundle"] = bundle_pipeline(bundle, data, dev, overrides, work / "runs")
             result["bundle_over_ceiling"] = round(
@@ -323,7 +343,7 @@ def main(
             print(json.dumps({name: result}, indent=4), flush=True)
     for dataset in ("polyp", "footulcer"):
         ce, dbce = report["bundles"].get(f"{dataset}_ce"), report["bundles"].get(f"{dataset}_dbce")
-        if ce and dbce:
+        if ce and dbce and not data_only:
             report[f"{dataset}_dbce_over_ce_images_per_s"] = round(
                 dbce["bundle"]["images_per_s"] / ce["bundle"]["images_per_s"], 3
             )
@@ -335,12 +355,18 @@ def main(
     Path(output).write_text(json.dumps(report, indent=4) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "bundles"}, indent=4))
     for name, result in report["bundles"].items():
+        data = result["data_pipeline"]
+        print(
+            f"{name}: {data['train_items']} training items, split checks {data['split_checks_s']} s, cache fill "
+            f"{data['cache_fill_s']} s, data pipeline alone {data['images_per_s']} img/s"
+        )
+        if data_only:
+            continue
         pipeline = result["bundle"]
         print(
             f"{name}: ceiling {result['ceiling']['images_per_s']} img/s, bundle {pipeline['images_per_s']} img/s "
             f"({100 * result['bundle_over_ceiling']:.0f}% of ceiling), eval {pipeline['eval_images_per_s']} img/s, "
-            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s, "
-            f"data pipeline alone {result['data_pipeline']['images_per_s']} img/s"
+            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s"
         )
 
 

@@ -229,7 +229,7 @@ def from_engine(keys: list[str], first: bool = False) -> str:
 
 def decollates(spec: DatasetSpec) -> bool:
     """Whether the training engines split batches into items (3D); 2D post-processes whole batches, which
-    saves about 12 ms of Python per batch of 16 (measured on CPU, see benchmarks/throughput.py)."""
+    saves about 11 ms of Python per batch of 16 (measured on CPU: benchmarks/throughput.py, README)."""
     return spec.kind == "mri3d"
 
 
@@ -1067,7 +1067,7 @@ DOCS_2D = {
     "`custom_losses.augment.BatchAugmentation`, the trainer's `prepare_batch` (`train#augmentation`), augments "
     "each batch on the device with parameters drawn per image from the distributions of MONAI's `RandFlipd`, "
     "`RandAffined`, `RandScaleIntensityd`, `RandShiftIntensityd` and `RandAdjustContrastd` (MONAI's per-image "
-    "transforms cost about 16 ms per 352x352 image on one CPU core). The network runs channels_last and cuDNN "
+    "transforms cost about 12 ms per 352x352 image on one CPU core). The network runs channels_last and cuDNN "
     "autotunes its convolutions (`cudnn_benchmark`, default true). Training and validation post-process whole "
     "batches (`decollate` false): `engine.state.output` is one dict of batch tensors, so a handler added to "
     "`train#handlers` reads `output['loss']`.",
