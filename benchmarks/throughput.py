@@ -163,6 +163,27 @@ def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides:
     }
 
 
+def checkpoint_cost(bundle: Path, repeats: int = 3) -> dict:
+    """Size and save time of the bundle's resume checkpoint (network and AdamW state after one step)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    network = parser.get_parsed_content("network_def")
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
+    network(torch.rand(2, 3, 64, 64)).mean().backward()
+    optimizer.step()
+    state = {"model": network.state_dict(), "optimizer": optimizer.state_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.save(state, path)
+            seconds.append(time.perf_counter() - start)
+        return {"mib": round(path.stat().st_size / 2**20, 1), "save_s": round(min(seconds), 3)}
+
+
 def augmentation_cost(image_size: int, batch_size: int, repeats: int = 40) -> dict:
     """ms per image on one CPU core of the bundles' augmentation: MONAI's per-image transforms (what the 2D
     bundles used before) against ``BatchAugmentation`` on a whole batch (what they use, on the device)."""
@@ -329,6 +350,7 @@ def main(
             overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
             print(f"{name}: data pipeline alone...", flush=True)
             result = {"image_size": size, "data_pipeline": data_pipeline(bundle, data, dev, overrides)}
+            result["resume_checkpoint"] = checkpoint_cost(bundle)
             if data_only:
                 report["bundles"][name] = result
                 continue
@@ -358,7 +380,8 @@ def main(
         data = result["data_pipeline"]
         print(
             f"{name}: {data['train_items']} training items, split checks {data['split_checks_s']} s, cache fill "
-            f"{data['cache_fill_s']} s, data pipeline alone {data['images_per_s']} img/s"
+            f"{data['cache_fill_s']} s, data pipeline alone {data['images_per_s']} img/s, resume checkpoint "
+            f"{result['resume_checkpoint']['mib']} MiB saved in {result['resume_checkpoint']['save_s']} s"
         )
         if data_only:
             continue

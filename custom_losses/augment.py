@@ -1,8 +1,8 @@
 """Random augmentation of a whole 2D batch on its device, as a MONAI ``prepare_batch``.
 
 MONAI's random transforms work one image at a time in Python: the bundles' chain (two flips, rotation and
-scaling, colour jitter) costs about 12 ms per 352x352 image on one CPU core, so a GPU that trains 800
-images/s would need about ten busy data-loader processes to keep up. ``BatchAugmentation`` draws the same
+scaling, colour jitter) costs 11 to 16 ms per 352x352 image on one CPU core, so a GPU that trains 800
+images/s would need about nine busy data-loader processes to keep up. ``BatchAugmentation`` draws the same
 distributions per image but applies them to the batch at once, with one ``grid_sample`` and a few
 element-wise operations on the GPU, after the cached batch is on the device.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ import nibabel
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.utils import set_determinism
 from PIL import Image
@@ -23,7 +24,7 @@ from PIL import Image
 from custom_losses import CrossEntropyLoss
 from custom_losses.atomic import write_json_atomic
 from custom_losses.data import DataError, check_items, fold_split, load_split
-from custom_losses.handlers import AtomicCheckpointSaver, LesionMetricsWriter
+from custom_losses.handlers import AtomicCheckpointSaver, EpochCheckpointSaver, LesionMetricsWriter
 from scripts.make_bundles import BUNDLES_DIR
 from scripts.synthetic import write_prepared_polyp
 from tests.test_bundles import FAST, run_workflow
@@ -150,7 +151,13 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(prepared, tmp_path):
     bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "polyp_ce"))
     nan_loss = {"_target_": "tests.test_reliability.NaNAfterLoss", "after": 5}  # 4 iterations per epoch
     with pytest.raises(RuntimeError) as error:  # MONAI wraps what the run raised
-        run_workflow(bundle, ["train.json"], dataset_dir=str(prepared), **{**FAST, "epochs": 3}, loss=nan_loss)
+        run_workflow(
+            bundle,
+            ["train.json"],
+            dataset_dir=str(prepared),
+            **{**FAST, "epochs": 3, "resume_checkpoint_interval_s": 0},
+            loss=nan_loss,
+        )
     assert isinstance(error.value.__cause__, FloatingPointError)
     assert "training loss is nan at epoch 2, iteration 2/4" in str(error.value.__cause__)
     models = bundle / "models" / "fold1"
@@ -159,6 +166,31 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(prepared, tmp_path):
     assert not (models / "model_final.pt").exists()
     state = torch.load(models / "resume_checkpoint_epoch=1.pt", weights_only=False)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def resume_checkpoint_epochs(tmp_path: Path, min_interval_s: float, epochs: int) -> list[int]:
+    """Epochs after which a new resume checkpoint appeared, on a bare ignite engine."""
+    engine = Engine(lambda engine, batch: None)
+    EpochCheckpointSaver(tmp_path, {"model": torch.nn.Linear(2, 1)}, min_interval_s=min_interval_s).attach(engine)
+    saved: list[int] = []
+
+    def record(engine: Engine) -> None:
+        if (tmp_path / f"resume_checkpoint_epoch={engine.state.epoch}.pt").is_file():
+            saved.append(engine.state.epoch)
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, record)
+    engine.run([0, 1], max_epochs=epochs)
+    return saved
+
+
+def test_resume_checkpoints_every_epoch_or_after_the_interval(tmp_path, monkeypatch):
+    assert resume_checkpoint_epochs(tmp_path / "every", 0.0, 4) == [1, 2, 3, 4]
+    assert resume_checkpoint_epochs(tmp_path / "hour", 3600.0, 4) == [4]  # the last epoch always
+    clock = itertools.count(0.0, 10.0)  # each reading 10 s later: epochs end at 20, 30, 40, ... s
+    monkeypatch.setattr("custom_losses.handlers.time.monotonic", lambda: next(clock))
+    assert resume_checkpoint_epochs(tmp_path / "25s", 25.0, 7) == [3, 6, 7]
+    with pytest.raises(ValueError, match="min_interval_s"):
+        EpochCheckpointSaver(tmp_path, {}, min_interval_s=-1)
 
 
 def train_command(bundle: Path, dataset: Path, epochs: int, *extra: str) -> list[str]:
@@ -172,7 +204,12 @@ def test_killed_training_resumes_to_the_same_epoch_count(prepared, tmp_path):
     bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce_linear_dice", tmp_path / "bundle"))
     models = bundle / "models" / "fold1"
     with open(tmp_path / "first.log", "w") as log:
-        child = subprocess.Popen(train_command(bundle, prepared, 4), cwd=bundle, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            train_command(bundle, prepared, 4, "--resume_checkpoint_interval_s", "0"),
+            cwd=bundle,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 240
         while not list(models.glob("resume_checkpoint_epoch=*.pt")) and time.time() < deadline:
             if child.poll() is not None:
