@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.engines.utils import PrepareBatch, default_prepare_batch
+from monai.utils import convert_to_tensor
 
 __all__ = ["BatchAugmentation", "sampling_matrices"]
 
@@ -140,7 +141,9 @@ class BatchAugmentation(PrepareBatch):
                 "BatchAugmentation takes 2D batches: image (B, C, H, W) and label (B, 1, H, W) of the same size, "
                 f"got image {tuple(image.shape)} and label {tuple(label.shape)}"
             )
-        image, label = _plain(image).float(), _plain(label).float()
+        # plain tensors: no metadata tracking in the training step
+        image = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+        label = convert_to_tensor(label, dtype=torch.float32, track_meta=False)
         batch, channels, height, width = image.shape
         if parameters is None:
             parameters = self.sample_parameters(batch, channels, image.device)
@@ -156,8 +159,3 @@ class BatchAugmentation(PrepareBatch):
         contrast = ((image - lowest) / (spread + _CONTRAST_EPSILON)).clamp_min(0.0) ** gammas * spread + lowest
         image = torch.where(gammas != 1.0, contrast, image)
         return image, label
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """A MetaTensor's data as a plain tensor (no metadata tracking in the training step)."""
-    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
