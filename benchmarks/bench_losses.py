@@ -27,7 +27,7 @@ from custom_losses import (
 )
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -40,10 +40,10 @@ def time_calls(fns: dict[str, Callable[[], None]], device: torch.device, repeats
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            _synchronize(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
@@ -75,15 +75,23 @@ def train_step(device: torch.device, batch: int, size: int, loss_fn: torch.nn.Mo
     from monai.networks.nets import FlexibleUNet
 
     net = FlexibleUNet(in_channels=3, out_channels=1, backbone="resnet18", pretrained=False).to(device)
-    net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4)
-    images = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size, device=device)
     _, target = synthetic_batch(batch, size, device)
+    return network_step(net, loss_fn, images, target)
+
+
+def network_step(
+    network: torch.nn.Module, loss_fn: torch.nn.Module, images: torch.Tensor, target: torch.Tensor
+) -> Callable[[], None]:
+    """A training step of ``network`` as the bundles take it: channels_last, bf16 autocast on GPU, AdamW."""
+    network = network.to(memory_format=torch.channels_last)
+    images = images.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = loss_fn(net(images), target)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            loss = loss_fn(network(images), target)
         loss.backward()
         optimizer.step()
 

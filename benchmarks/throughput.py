@@ -34,10 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from benchmarks.bench_losses import network_step, synchronize  # noqa: E402
 
 
 def ceiling(bundle: Path, device: torch.device, image_size: int, batch_size: int, steps: int) -> dict:
@@ -46,49 +43,87 @@ def ceiling(bundle: Path, device: torch.device, image_size: int, batch_size: int
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
-    network = parser.get_parsed_content("network_def").to(device).to(memory_format=torch.channels_last)
+    network = parser.get_parsed_content("network_def").to(device)
     loss_fn = parser.get_parsed_content("loss")  # references such as @dbce_radius resolve here
-    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
-    images = torch.rand(batch_size, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
+    images = torch.rand(batch_size, 3, image_size, image_size, device=device)
     labels = (torch.rand(batch_size, 1, image_size, image_size, device=device) > 0.9).float()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = loss_fn(network(images), labels)
-        loss.backward()
-        optimizer.step()
-
+    step = network_step(network, loss_fn, images, labels)
     for _ in range(3):
         step()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"images_per_s": round(steps * batch_size / seconds, 2), "step_ms": round(1e3 * seconds / steps, 2)}
 
 
-def bundle_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides: dict, work_dir: Path) -> dict:
-    """Epoch times of the bundle's own training workflow, and evaluation images/s on the test split."""
+def training_workflow(bundle: Path, settings: dict, work_dir: Path):
+    """The bundle's train.json with ``settings`` (config ids), initialised, writing into ``work_dir``;
+    validation off, since training is what is timed."""
     from monai.bundle import ConfigWorkflow
 
-    common = {"bundle_root": str(bundle), "dataset_dir": str(data_dir), "device": str(device), **overrides}
     workflow = ConfigWorkflow(
         config_file=str(bundle / "configs" / "train.json"),
         output_dir=str(work_dir / bundle.name),
-        val_interval=10_000,  # time training, not validation
-        **common,
+        val_interval=10_000,
+        **settings,
     )
     workflow.initialize()
+    return workflow
+
+
+def data_pipeline(workflow, device: torch.device, epochs: int = 2) -> dict:
+    """Images/s of the bundle's training data pipeline alone (cached batches through ``prepare_batch``), and
+    the fixed cost every training run pays first: checking the split's files, filling the cache."""
+    start = time.perf_counter()
+    items = len(workflow.parser.get_parsed_content("train#datalist"))  # every file opened and checked
+    split_checks_s = time.perf_counter() - start
+    start = time.perf_counter()
+    workflow.parser.get_parsed_content("train#dataset")  # the cache is filled here
+    synchronize(device)
+    cache_fill_s = time.perf_counter() - start
+    loader = workflow.parser.get_parsed_content("train#dataloader")
+    prepare = workflow.parser.get_parsed_content("train#augmentation")
+    seconds = []
+    for _ in range(epochs):
+        synchronize(device)
+        start, images = time.perf_counter(), 0
+        for batch in loader:
+            images += prepare(batch, device)[0].shape[0]
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return {
+        "train_items": items,
+        "split_checks_s": round(split_checks_s, 2),
+        "cache_fill_s": round(cache_fill_s, 2),
+        "images_per_s": round(images / min(seconds[1:] or seconds), 2),
+    }
+
+
+def bundle_pipeline(workflow, bundle: Path, settings: dict, device: torch.device, work_dir: Path) -> dict:
+    """Epoch times of the bundle's own training workflow (from ``training_workflow``; a cache it already
+    holds is reused), then evaluation images/s on the test split."""
+    from monai.bundle import ConfigWorkflow
+
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epoch_seconds: list[float] = []
     marks: dict[str, float] = {}
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: (_sync(device), marks.update(start=time.perf_counter())))
-    trainer.add_event_handler(
-        Events.EPOCH_COMPLETED, lambda e: (_sync(device), epoch_seconds.append(time.perf_counter() - marks["start"]))
-    )
+
+    def mark(key: str) -> Callable:
+        def handler(engine) -> None:
+            synchronize(device)
+            marks[key] = time.perf_counter()
+
+        return handler
+
+    def epoch_done(engine) -> None:
+        synchronize(device)
+        epoch_seconds.append(time.perf_counter() - marks["epoch"])
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, mark("epoch"))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_done)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     workflow.run()
@@ -109,58 +144,18 @@ def bundle_pipeline(bundle: Path, data_dir: Path, device: torch.device, override
         config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")],
         output_dir=str(work_dir / bundle.name),
         checkpoint=str(work_dir / bundle.name / "models" / "fold1" / "model_final.pt"),  # no validation ran
-        **common,
+        **settings,
     )
     evaluation.initialize()
     evaluator = evaluation.parser.get_parsed_content("validate#evaluator")
-    evaluator.add_event_handler(Events.EPOCH_STARTED, lambda e: (_sync(device), marks.update(eval=time.perf_counter())))
+    evaluator.add_event_handler(Events.EPOCH_STARTED, mark("eval"))
     evaluation.run()
-    _sync(device)
+    synchronize(device)
     eval_seconds = time.perf_counter() - marks["eval"]
     evaluation.finalize()
     tested = len(evaluation.parser.get_parsed_content("validate#dataset"))
     result["eval_images_per_s"] = round(tested / eval_seconds, 2)
     return result
-
-
-def data_pipeline(bundle: Path, data_dir: Path, device: torch.device, overrides: dict, epochs: int = 2) -> dict:
-    """Images/s of the bundle's training data pipeline alone (cached batches through ``prepare_batch``), and
-    the fixed cost every training run pays first: checking the split's files, filling the cache."""
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.json"),
-        bundle_root=str(bundle),
-        dataset_dir=str(data_dir),
-        device=str(device),
-        **overrides,
-    )
-    workflow.initialize()
-    start = time.perf_counter()
-    items = len(workflow.parser.get_parsed_content("train#datalist"))  # every file opened and checked
-    split_checks_s = time.perf_counter() - start
-    start = time.perf_counter()
-    workflow.parser.get_parsed_content("train#dataset")  # the cache is filled here
-    _sync(device)
-    cache_fill_s = time.perf_counter() - start
-    loader = workflow.parser.get_parsed_content("train#dataloader")
-    trainer = workflow.parser.get("train#trainer")
-    prepare = workflow.parser.get_parsed_content("train#augmentation") if "prepare_batch" in trainer else None
-    seconds = []
-    for _ in range(epochs):
-        _sync(device)
-        start, images = time.perf_counter(), 0
-        for batch in loader:
-            image, _ = prepare(batch, device) if prepare else (batch["image"].to(device), batch["label"].to(device))
-            images += image.shape[0]
-        _sync(device)
-        seconds.append(time.perf_counter() - start)
-    return {
-        "train_items": items,
-        "split_checks_s": round(split_checks_s, 2),
-        "cache_fill_s": round(cache_fill_s, 2),
-        "images_per_s": round(images / min(seconds[1:] or seconds), 2),
-    }
 
 
 def checkpoint_cost(bundle: Path, repeats: int = 3) -> dict:
@@ -347,9 +342,18 @@ def main(
                 if data_dir
                 else synthetic_data(work / f"data{size}", size, synthetic_images)
             )
-            overrides = {"image_size": size, "batch_size": batch_size, "epochs": epochs, "num_workers": num_workers}
+            settings = {
+                "bundle_root": str(bundle),
+                "dataset_dir": str(data),
+                "device": str(dev),
+                "image_size": size,
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "num_workers": num_workers,
+            }
+            workflow = training_workflow(bundle, settings, work / "runs")
             print(f"{name}: data pipeline alone...", flush=True)
-            result = {"image_size": size, "data_pipeline": data_pipeline(bundle, data, dev, overrides)}
+            result = {"image_size": size, "data_pipeline": data_pipeline(workflow, dev)}
             result["resume_checkpoint"] = checkpoint_cost(bundle)
             if data_only:
                 report["bundles"][name] = result
@@ -357,7 +361,7 @@ def main(
             print(f"{name}: ceiling...", flush=True)
             result["ceiling"] = ceiling(bundle, dev, size, batch_size, ceiling_steps)
             print(f"{name}: bundle pipeline ({epochs} epochs)...", flush=True)
-            result["bundle"] = bundle_pipeline(bundle, data, dev, overrides, work / "runs")
+            result["bundle"] = bundle_pipeline(workflow, bundle, settings, dev, work / "runs")
             result["bundle_over_ceiling"] = round(
                 result["bundle"]["images_per_s"] / result["ceiling"]["images_per_s"], 3
             )
