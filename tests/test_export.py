@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
-from monai.utils import set_determinism
+from monai.bundle import ConfigParser, verify_metadata
 
 from scripts.export_bundle import PACKAGE_DIR, export_bundle, main, vendored_modules
 from scripts.make_bundles import BUNDLES_DIR, SCHEMA_FILE
 from scripts.synthetic import write_prepared_polyp
+from tests.test_bundles import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = "polyp_ce"
@@ -76,20 +76,7 @@ def dataset_dir(tmp_path_factory) -> Path:
 def run_dir(tmp_path_factory, dataset_dir) -> Path:
     """Fold 1 trained for one epoch into a study-style run folder (outputs outside the bundle)."""
     run = tmp_path_factory.mktemp("study") / "runs" / BUNDLE
-    configs = BUNDLES_DIR / BUNDLE / "configs"
-    workflow = ConfigWorkflow(
-        config_file=str(configs / "train.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(BUNDLES_DIR / BUNDLE),
-        output_dir=str(run),
-        dataset_dir=str(dataset_dir),
-        **FAST,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    set_determinism(seed=None)
+    run_workflow(BUNDLES_DIR / BUNDLE, ["train.json"], output_dir=str(run), dataset_dir=str(dataset_dir), **FAST)
     return run
 
 
