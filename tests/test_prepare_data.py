@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -233,17 +234,24 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("break_input", BAD_INPUTS, ids=lambda function: function.__name__.strip("_"))
-def test_bad_input_is_named_and_nothing_is_written(break_input, layouts: tuple[Path, Path], tmp_path: Path) -> None:
-    expected_fragments = break_input(*layouts)
-    output_dir = tmp_path / "out" / "prepared"
+def assert_named_and_nothing_written(prepare: Callable[[], object], expected_fragments: list[str], output_dir: Path):
+    """``prepare()`` fails with a one-line DataPreparationError naming every fragment and writes nothing."""
     with pytest.raises(DataPreparationError) as raised:
-        prepare_polyp(*layouts, output_dir, size=16)
+        prepare()
     message = str(raised.value)
     assert "\n" not in message
     for fragment in expected_fragments:
         assert fragment in message
     assert not output_dir.exists() and not output_dir.parent.exists()
+
+
+@pytest.mark.parametrize("break_input", BAD_INPUTS, ids=lambda function: function.__name__.strip("_"))
+def test_bad_input_is_named_and_nothing_is_written(break_input, layouts: tuple[Path, Path], tmp_path: Path) -> None:
+    expected_fragments = break_input(*layouts)
+    output_dir = tmp_path / "out" / "prepared"
+    assert_named_and_nothing_written(
+        lambda: prepare_polyp(*layouts, output_dir, size=16), expected_fragments, output_dir
+    )
 
 
 def test_failure_while_writing_leaves_nothing(

@@ -16,6 +16,7 @@ from PIL import Image
 
 from scripts.prepare_data import DataPreparationError, prepare_footulcer
 from scripts.synthetic import write_fuseg_layout
+from tests.test_prepare_data import assert_named_and_nothing_written
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TRAIN_EMPTY, N_VALIDATION, N_VALIDATION_EMPTY = 12, 2, 6, 2
@@ -211,13 +212,9 @@ BAD_INPUTS = [
 def test_bad_input_is_named_and_nothing_is_written(break_input, fuseg: Path, tmp_path: Path) -> None:
     expected_fragments = break_input(fuseg)
     output_dir = tmp_path / "out" / "prepared"
-    with pytest.raises(DataPreparationError) as raised:
-        prepare_footulcer(fuseg, output_dir, size=16)
-    message = str(raised.value)
-    assert "\n" not in message
-    for fragment in expected_fragments:
-        assert fragment in message
-    assert not output_dir.parent.exists()
+    assert_named_and_nothing_written(
+        lambda: prepare_footulcer(fuseg, output_dir, size=16), expected_fragments, output_dir
+    )
 
 
 def test_validation_stems_may_repeat_train_stems_with_wounds(fuseg: Path, tmp_path: Path) -> None:
