@@ -1,7 +1,7 @@
 """Export a bundle of the collection as a MONAI Model Zoo zip that needs only PyPI packages.
 
     python scripts/export_bundle.py --bundle=polyp_ce                    # weights of bundles/polyp_ce/models/fold1
-    python scripts/export_bundle.py --bundle=polyp_ce --fold=2 --run_dir=study/polyp/runs/polyp_ce
+    python scripts/export_bundle.py --bundle=polyp_ce --fold=2 --run_dir=study/polyp/runs/polyp_ce/seed0
     python scripts/export_bundle.py --bundle=polyp_ce --noweights        # configs and code only
 
 The zip holds ``<bundle>/`` with ``configs/``, ``docs/``, ``LICENSE``, the ``custom_losses`` code the configs use
@@ -366,7 +366,7 @@ def export_bundle(
         output_dir: folder of the zip (created if needed).
         bundles_dir: folder of the bundles (default: this repo's bundles/).
         run_dir: folder with the trained models/ (default: the bundle folder; the study runner writes
-            study/<dataset>/runs/<bundle>/).
+            study/<dataset>/runs/<bundle>/seed<s>/).
         weights: ship the trained weights; --noweights exports configs and code only.
         overwrite: replace an existing zip.
     """

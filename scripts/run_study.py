@@ -5,12 +5,15 @@
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
 
-Each (bundle, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
-bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/`` (``models/``, ``eval/``, ``logs/``), with
-its console output in ``OUTPUT/runs/<bundle>/fold<k>.log``. A finished stage (training: ``model_final.pt``;
-evaluation: ``summary.json``) is skipped when the study is run again, so an interrupted study resumes.
+Each (bundle, seed, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
+bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/seed<s>/`` (``models/``, ``eval/``, ``logs/``),
+with its console output in ``OUTPUT/runs/<bundle>/seed<s>/fold<k>.log``. A finished stage (training:
+``model_final.pt``; evaluation: ``summary.json``) is skipped when the study is run again, and a training
+interrupted mid-run continues from its last resume checkpoint, so an interrupted study resumes.
 A failed run is reported and the others go on; the exit status is 1 if any run failed.
-The report: ``results.csv``, ``results.md`` and PNG plots in ``OUTPUT``.
+The report: ``results.csv``, ``results.md`` and PNG plots in ``OUTPUT``, with every loss compared image
+by image with a reference loss (``--reference=ce``): mean differences with bootstrap intervals, Wilcoxon
+and McNemar p-values, Holm-corrected.
 """
 
 from __future__ import annotations
@@ -31,10 +34,17 @@ if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importabl
     sys.path.insert(0, str(REPO))
 
 from scripts.make_bundles import DATASETS as DATASET_SPECS  # noqa: E402
-from scripts.study_report import write_report  # noqa: E402
+from scripts.study_report import discover_runs, run_path, write_report  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
+# Named reduced-scale settings (--setting=NAME): bundle overrides per dataset, measured on the 2-core CPU of
+# the development machine (see docs/results/). Explicit --epochs, --device and overrides win over them.
+SETTINGS = {
+    "cpu": {
+        "polyp": {"image_size": 128, "epochs": 14, "batch_size": 16, "val_batch_size": 16, "num_workers": 2},
+    },
+}
 EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 
 
@@ -79,6 +89,8 @@ def run_bundle(
     done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation."""
     from monai.bundle import run
 
+    from custom_losses.handlers import RESUME_PREFIX
+
     bundle, out = Path(bundle_dir), Path(run_dir)
     configs = bundle / "configs"
     overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
@@ -96,8 +108,9 @@ def run_bundle(
         run(config_file=ensemble, dataset_dir=data_dir, folds=folds, **common)
         return
     if not stage_done(out, fold, "train"):
-        print(f"stage: train {bundle.name} fold {fold}", flush=True)
-        run(config_file=str(configs / "train.json"), dataset_dir=data_dir, fold=fold, **common)
+        resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
+        print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
+        run(config_file=str(configs / "train.json"), dataset_dir=data_dir, fold=fold, resume=resume, **common)
     if not stage_done(out, fold, "evaluate"):
         print(f"stage: evaluate {bundle.name} fold {fold}", flush=True)
         run(config_file=evaluate, dataset_dir=data_dir, fold=fold, **common)
@@ -162,18 +175,36 @@ def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
     return prepared
 
 
-def choose_examples(data_dir: Path, destination: Path, per_kind: int = 3) -> Path:
-    """Copy a few test images with and without a lesion for the example grid."""
+def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
+    """Copy a few test images with and without a lesion (``OUT/example_images``) and their ground-truth
+    masks (``OUT/example_masks``, same names) for the example grid."""
+    destination, masks = out / "example_images", out / "example_masks"
     if destination.is_dir() and any(destination.iterdir()):
         return destination
     datalist = json.loads((data_dir / "datalist.json").read_text())
     destination.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+
+    def resolve(path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else data_dir / path
+
     for lesion_free in (False, True):
         items = [t for t in datalist.get("test", []) if t.get("lesion_free") == lesion_free][:per_kind]
         for item in items:
-            source = Path(item["image"]) if Path(item["image"]).is_absolute() else data_dir / item["image"]
-            shutil.copy(source, destination / f"{'free' if lesion_free else 'lesion'}_{source.name}")
+            name = f"{'free' if lesion_free else 'lesion'}_{resolve(item['image']).name}"
+            shutil.copy(resolve(item["image"]), destination / name)
+            if item.get("label"):
+                shutil.copy(resolve(item["label"]), masks / name)
     return destination
+
+
+def _int_list(name: str, value: list[int] | tuple[int, ...] | int) -> list[int]:
+    values = [value] if isinstance(value, int) else list(value)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise StudyError(f"--{name} must be an integer or a list of integers such as [0,1,2], got {value!r}")
+    if len(set(values)) != len(values):
+        raise StudyError(f"--{name} lists a value twice: {values}")
+    return values
 
 
 def study(
@@ -181,15 +212,18 @@ def study(
     data_dir: str | None = None,
     bundles: list[str] | str | None = None,
     folds: list[int] | int = (1,),
+    seeds: list[int] | int = (0,),
     epochs: int | None = None,
     device: str | None = None,
     output_dir: str | None = None,
+    setting: str | None = None,
+    reference: str = "ce",
     ensemble: bool = False,
     examples: bool = True,
     bundles_dir: str | None = None,
     **overrides,
 ) -> int:
-    """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds.
+    """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds and seeds.
 
     Args:
         dataset: ``polyp``, ``footulcer``, ``hippocampus``, or ``demo`` (synthetic polyp-like data made
@@ -198,9 +232,13 @@ def study(
             for ``demo`` it defaults to ``OUTPUT/data`` and is generated.
         bundles: losses or bundle names (default: all of the dataset), e.g. ``[ce,dice]``.
         folds: folds to train, e.g. ``[1,2,3,4,5]``.
-        epochs: training epochs (default: the bundle's).
+        seeds: training seeds; every (bundle, fold, seed) is its own run, e.g. ``[0,1,2]``.
+        epochs: training epochs (default: the bundle's, or the setting's).
         device: ``cpu``, ``cuda``, ``cuda:1``... (default: the bundle's choice).
         output_dir: study folder (default ``study/<dataset>``).
+        setting: a named reduced-scale setting, ``cpu`` (image size, epochs, batch size for the 2-core
+            CPU; see SETTINGS in this file and docs/results/).
+        reference: the loss every other loss is compared with, image by image, in the report.
         ensemble: also evaluate the mean probability of the fold models (needs every fold listed).
         examples: predict a few test images per bundle for the example grid.
         bundles_dir: where the bundles live (default: this repo's ``bundles/``).
@@ -210,17 +248,23 @@ def study(
         raise StudyError(f"dataset must be one of {', '.join(STUDY_DATASETS)}, got {dataset!r}")
     if ensemble and dataset == "hippocampus":
         raise StudyError("hippocampus is evaluated by cross-validation on held-out folds: no test set to ensemble on")
+    if setting is not None and dataset not in SETTINGS.get(setting, {}):
+        known = ", ".join(f"{name} ({', '.join(sets)})" for name, sets in SETTINGS.items())
+        raise StudyError(f"no setting {setting!r} for {dataset}; settings (datasets): {known}")
     started = time.time()
     out = Path(output_dir or REPO / "study" / dataset).resolve()
     bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"
     names = bundle_names(dataset, bundles, bundles_root)
-    folds = [folds] if isinstance(folds, int) else [int(f) for f in folds]
+    folds, seeds = _int_list("folds", folds), _int_list("seeds", seeds)
     settings = dict(DEMO_SETTINGS) if dataset == "demo" else {}
+    settings.update(SETTINGS[setting][dataset] if setting else {})
     settings.update(overrides)
     if epochs is not None:
         settings["epochs"] = int(epochs)
     if device is not None:
         settings["device"] = str(device)
+    if "seed" in settings:
+        raise StudyError("set training seeds with --seeds=[...], not --seed")
 
     if dataset == "demo":
         data_path = Path(data_dir).resolve() if data_dir else prepare_demo_data(out / "data")
@@ -230,64 +274,62 @@ def study(
         data_path = Path(data_dir).resolve()
     if not (data_path / "datalist.json").is_file():
         raise StudyError(f"{data_path / 'datalist.json'} does not exist (prepare it with scripts/prepare_data.py)")
-    examples_dir = choose_examples(data_path, out / "example_images") if examples and dataset != "hippocampus" else None
+    examples_dir = choose_examples(data_path, out) if examples and dataset != "hippocampus" else None
 
-    jobs = [(name, fold) for name in names for fold in folds]
-    print(f"study {dataset}: {len(names)} bundle(s) x {len(folds)} fold(s) -> {out}", flush=True)
+    jobs = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
+    print(f"study {dataset}: {len(names)} bundle(s) x {len(seeds)} seed(s) x {len(folds)} fold(s) -> {out}", flush=True)
     status: dict[str, dict] = {}
-    for index, (name, fold) in enumerate(jobs):
-        run_dir = out / "runs" / name
-        label = f"[{index + 1}/{len(jobs)}] {name} fold {fold}"
+    for index, (name, seed, fold) in enumerate(jobs):
+        run_dir = run_path(out, name, seed)
+        key = f"{name}/seed{seed}/fold{fold}"
+        label = f"[{index + 1}/{len(jobs)}] {name} seed {seed} fold {fold}"
         stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
         if all(stage_done(run_dir, fold, s) for s in stages):
             print(f"{label}: finished earlier, skipped", flush=True)
-            status[f"{name}/fold{fold}"] = {"status": "skipped (finished earlier)"}
+            status[key] = {"status": "skipped (finished earlier)"}
             continue
         print(f"{label}: running (log: {run_dir / f'fold{fold}.log'})", flush=True)
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "run_bundle",
-            "--bundle_dir",
-            str(bundles_root / name),
-        ]
-        command += ["--run_dir", str(run_dir), "--data_dir", str(data_path), "--fold", str(fold)]
-        command += ["--overrides", json.dumps(settings)]
+        command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
+        command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]
+        command += ["--data_dir", str(data_path), "--fold", str(fold)]
+        command += ["--overrides", json.dumps({**settings, "seed": seed})]
         if examples_dir:
             command += ["--examples_dir", str(examples_dir)]
         run_start = time.time()
         code = _run_child(command, run_dir / f"fold{fold}.log", label, started, len(jobs) - index - 1)
         seconds = round(time.time() - run_start, 1)
-        status[f"{name}/fold{fold}"] = {"status": "ok" if code == 0 else f"failed (exit {code})", "seconds": seconds}
-        print(f"{label}: {status[f'{name}/fold{fold}']['status']} in {_format_seconds(seconds)}", flush=True)
+        status[key] = {"status": "ok" if code == 0 else f"failed (exit {code})", "seconds": seconds}
+        print(f"{label}: {status[key]['status']} in {_format_seconds(seconds)}", flush=True)
 
     if ensemble:
         for name in names:
-            run_dir = out / "runs" / name
-            if (run_dir / "eval" / "ensemble" / "summary.json").is_file():
-                continue
-            command = [sys.executable, str(Path(__file__).resolve()), "run_bundle", "--bundle_dir"]
-            command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
-            command += ["--fold", "0", "--overrides", json.dumps(settings), "--ensemble_folds", json.dumps(folds)]
-            code = _run_child(command, run_dir / "ensemble.log", f"{name} ensemble", started, 0)
-            status[f"{name}/ensemble"] = {"status": "ok" if code == 0 else f"failed (exit {code})"}
+            for seed in seeds:
+                run_dir = run_path(out, name, seed)
+                if (run_dir / "eval" / "ensemble" / "summary.json").is_file():
+                    continue
+                command = [sys.executable, str(Path(__file__).resolve()), "run_bundle", "--bundle_dir"]
+                command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
+                command += ["--fold", "0", "--overrides", json.dumps({**settings, "seed": seed})]
+                command += ["--ensemble_folds", json.dumps(folds)]
+                code = _run_child(command, run_dir / "ensemble.log", f"{name} seed {seed} ensemble", started, 0)
+                status[f"{name}/seed{seed}/ensemble"] = {"status": "ok" if code == 0 else f"failed (exit {code})"}
 
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
-    write_report(out, names, folds, status, settings=settings, dataset=dataset)
+    write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
     print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs)", file=sys.stderr)
     return 1 if failed else 0
 
 
-def report(output_dir: str) -> None:
-    """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder."""
+def report(output_dir: str, reference: str = "ce") -> None:
+    """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder from its saved
+    summaries and per-image CSVs (no training), comparing every loss with ``reference``."""
     out = Path(output_dir).resolve()
-    names = sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) if (out / "runs").is_dir() else []
+    names, seeds, folds = discover_runs(out)
     if not names:
-        raise StudyError(f"{out / 'runs'} holds no runs")
-    folds = sorted({int(p.name[4:]) for n in names for p in (out / "runs" / n / "eval").glob("fold*")})
-    write_report(out, names, folds, status={}, settings={}, dataset=out.name)
+        raise StudyError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/summary.json)")
+    write_report(out, names, folds, status={}, settings={}, dataset=out.name, seeds=seeds, reference=reference)
     print(f"report: {out / 'results.md'}")
 
 

@@ -1,8 +1,12 @@
-"""The study report: every run's summary JSON -> results.csv, results.md and PNG plots."""
+"""The study report: every run's summary JSON and per-image CSV -> results.csv, results.md and PNG plots.
+
+A run is one (bundle, seed, fold) in ``OUTPUT/runs/<bundle>/seed<s>/``; the per-run tables give the mean
+and spread over runs, the paired sections (scripts/study_comparison.py) compare each loss with a
+reference loss image by image.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import statistics
@@ -16,6 +20,22 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
+from custom_losses.comparison import mean_ci  # noqa: E402
+from scripts.study_comparison import (  # noqa: E402
+    HEADLINE,
+    HEADLINE_VOLUME,
+    LESION_PAIRED,
+    VOLUME_PAIRED,
+    PairedMetric,
+    _number,
+    compare,
+    csv_columns,
+    image_means,
+    markdown,
+    per_image_values,
+    read_runs,
+    sentences,
+)
 
 # (summary key, column title, what is best: "max", "min", "zero" = closest to 0, "ideal" = closest to the ideal share)
 LESION_METRICS = [
@@ -51,21 +71,35 @@ def loss_of(bundle: str) -> str:
     return bundle.split("_", 1)[1] if "_" in bundle else bundle
 
 
+def run_path(out: Path, bundle: str, seed: int) -> Path:
+    """Folder of one (bundle, seed): ``models/fold<k>``, ``eval/fold<k>``, ``logs/``, ``fold<k>.log``."""
+    return out / "runs" / bundle / f"seed{seed}"
+
+
+def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
+    """Bundles, seeds and folds with an evaluation in a study folder."""
+    summaries = sorted((out / "runs").glob("*/seed*/eval/fold*/summary.json"))
+    names = sorted({p.parents[3].name for p in summaries})
+    seeds = sorted({int(p.parents[2].name[4:]) for p in summaries})
+    folds = sorted({int(p.parent.name[4:]) for p in summaries})
+    return names, seeds, folds
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def collect(out: Path, names: list[str], folds: list[int]) -> list[dict]:
-    """One record per bundle and kind (``folds``, ``ensemble``) with the summaries it aggregates."""
+def collect(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> list[dict]:
+    """One record per bundle and kind (``runs``: every (seed, fold); ``ensemble``: one per seed)."""
     records = []
     for name in names:
-        run_dir = out / "runs" / name
-        summaries = [s for f in folds if (s := _read_json(run_dir / "eval" / f"fold{f}" / "summary.json"))]
+        runs = [run_path(out, name, seed) for seed in seeds]
+        summaries = [s for r in runs for f in folds if (s := _read_json(r / "eval" / f"fold{f}" / "summary.json"))]
         if summaries:
-            records.append({"bundle": name, "loss": loss_of(name), "kind": "folds", "summaries": summaries})
-        ensemble = _read_json(run_dir / "eval" / "ensemble" / "summary.json")
-        if ensemble:
-            records.append({"bundle": name, "loss": loss_of(name), "kind": "ensemble", "summaries": [ensemble]})
+            records.append({"bundle": name, "loss": loss_of(name), "kind": "runs", "summaries": summaries})
+        ensembles = [s for r in runs if (s := _read_json(r / "eval" / "ensemble" / "summary.json"))]
+        if ensembles:
+            records.append({"bundle": name, "loss": loss_of(name), "kind": "ensemble", "summaries": ensembles})
     return records
 
 
@@ -82,7 +116,7 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 def best_per_column(records: list[dict], metrics: list[tuple[str, str, str]]) -> dict[tuple[str, str], set[int]]:
     """Indices of the best record per (kind, metric)."""
     best: dict[tuple[str, str], set[int]] = {}
-    for kind in ("folds", "ensemble"):
+    for kind in ("runs", "ensemble"):
         indices = [i for i, r in enumerate(records) if r["kind"] == kind]
         for key, _, direction in metrics:
             scored = []
@@ -99,7 +133,8 @@ def best_per_column(records: list[dict], metrics: list[tuple[str, str, str]]) ->
     return best
 
 
-def write_tables(out: Path, records: list[dict], metrics: list[tuple[str, str, str]], header: str) -> None:
+def run_tables(records: list[dict], metrics: list[tuple[str, str, str]]) -> tuple[list[dict], list[str]]:
+    """Rows of results.csv (mean and std over runs) and the markdown lines of the per-run tables."""
     rows = []
     for record in records:
         row = {"loss": record["loss"], "bundle": record["bundle"], "kind": record["kind"]}
@@ -108,12 +143,11 @@ def write_tables(out: Path, records: list[dict], metrics: list[tuple[str, str, s
             mean, std = mean_std(_values(record, key))
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         rows.append(row)
-    fields = ["loss", "bundle", "kind", "n"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "std")]
-    write_csv_atomic(out / "results.csv", rows, fields)
 
     best = best_per_column(records, metrics)
-    lines = [header, ""]
-    for kind, title in (("folds", "Mean ± std over folds"), ("ensemble", "Fold ensemble (mean probability)")):
+    lines = []
+    titles = (("runs", "Mean ± std over runs (folds x seeds)"), ("ensemble", "Fold ensemble (mean probability)"))
+    for kind, title in titles:
         indices = [i for i, r in enumerate(records) if r["kind"] == kind]
         if not indices:
             continue
@@ -123,63 +157,82 @@ def write_tables(out: Path, records: list[dict], metrics: list[tuple[str, str, s
             cells = []
             for key, _, _ in metrics:
                 mean, std = mean_std(_values(records[i], key))
-                text = "n/a" if mean is None else (f"{mean:.3f}" if kind == "ensemble" else f"{mean:.3f} ± {std:.3f}")
+                text = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
                 cells.append(f"**{text}**" if i in best.get((kind, key), set()) else text)
             lines.append(f"| {records[i]['loss']} | {len(records[i]['summaries'])} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Best value per column in bold (pred. empty: closest to the share of lesion-free images; signed")
     lines.append("errors: closest to 0). Area errors are relative to the true area, on lesion images; volume errors")
     lines.append("are predicted minus true volume, hard = argmax mask, soft = sum of probabilities.")
-    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+    lines.append("")
+    return rows, lines
 
 
-def plot_dice_vs_fp(out: Path, records: list[dict]) -> None:
+def per_image_csvs(out: Path, bundle: str, folds: list[int], seeds: list[int]) -> list[Path]:
+    """The per-image (2D) or per-volume (3D) CSVs of a bundle's evaluated runs."""
+    paths = []
+    for seed in seeds:
+        for fold in folds:
+            path = run_path(out, bundle, seed) / "eval" / f"fold{fold}" / "per_image.csv"
+            path = path if path.is_file() else path.with_name("per_volume.csv")
+            if path.is_file():
+                paths.append(path)
+    return paths
+
+
+def _error_bar(mean_low_high: tuple[float, float, float] | None) -> tuple[float, list[list[float]]] | None:
+    if mean_low_high is None:
+        return None
+    mean, low, high = mean_low_high
+    if math.isnan(low):
+        return mean, [[0.0], [0.0]]
+    return mean, [[mean - low], [high - mean]]
+
+
+def plot_dice_vs_fp(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]]) -> None:
+    """Dice on lesion images against the share of lesion-free images with a false lesion (95% CI over images)."""
+    fp_images = next(m for m in LESION_PAIRED if m.key == "lesion_free_with_lesion")
+    dice = next(m for m in LESION_PAIRED if m.key == "dice_lesion")
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for record in (r for r in records if r["kind"] == "folds"):
-        x, x_err = mean_std(_values(record, "lesion_free_fp_rate"))
-        y, y_err = mean_std(_values(record, "dice_lesion"))
+    for loss, rows_by_image in runs_by_loss.items():
+        x, y = _error_bar(image_means(rows_by_image, fp_images)), _error_bar(image_means(rows_by_image, dice))
         if x is None or y is None:
             continue
-        ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="o", capsize=3, label=record["loss"])
-        ax.annotate(record["loss"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", capsize=3, label=loss)
+        ax.annotate(loss, (x[0], y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xlabel("lesion-free images with a false lesion (share)")
     ax.set_ylabel("Dice on lesion images")
-    ax.set_title("In distribution vs lesion-free false positives")
+    ax.set_title("In distribution vs lesion-free false positives (95% CI over images)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "dice_vs_lesion_free_fp.png", dpi=120)
     plt.close(fig)
 
 
-def _per_image_rows(out: Path, bundle: str, folds: list[int]) -> list[dict]:
-    rows = []
-    for fold in folds:
-        path = out / "runs" / bundle / "eval" / f"fold{fold}" / "per_image.csv"
-        if not path.is_file():
-            path = path.with_name("per_volume.csv")
-        if path.is_file():
-            with open(path) as handle:
-                rows += list(csv.DictReader(handle))
-    return rows
-
-
-def plot_area_errors(out: Path, names: list[str], folds: list[int], volumes: bool = False) -> None:
+def plot_area_errors(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], volumes: bool = False) -> None:
+    """Per-image relative area (volume) errors as boxes, with the mean and its 95% CI over images."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    keys = ("whole_rel_error_hard", "whole_rel_error_soft") if volumes else ("area_error_hard", "area_error_soft")
-    for ax, key, title in zip(axes, keys, ("thresholded mask", "sum of probabilities"), strict=True):
-        data, labels = [], []
-        for name in names:
-            values = [float(r[key]) for r in _per_image_rows(out, name, folds) if r.get(key) not in (None, "")]
+    columns = ("whole_rel_error_hard", "whole_rel_error_soft") if volumes else ("area_error_hard", "area_error_soft")
+    for ax, column, title in zip(axes, columns, ("thresholded mask", "sum of probabilities"), strict=True):
+        metric = PairedMetric(column, column, lambda r, c=column: _number(r.get(c, "")), "all" if volumes else "lesion")
+        data, labels, means = [], [], []
+        for loss, rows_by_image in runs_by_loss.items():
+            values = list(per_image_values(rows_by_image, metric).values())
             if values:
                 data.append(values)
-                labels.append(loss_of(name))
+                labels.append(loss)
+                means.append(mean_ci(values))
         if data:
             ax.boxplot(data, showfliers=False)
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right")
+            for position, (mean, low, high) in enumerate(means, start=1):
+                bar = [[0.0], [0.0]] if math.isnan(low) else [[mean - low], [high - mean]]
+                ax.errorbar(position, mean, yerr=bar, fmt="D", color="tab:red", markersize=4, capsize=3)
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_title(f"relative {'volume' if volumes else 'area'} error, {title}")
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("(predicted - true) / true area")
+    fig.suptitle("boxes: per-image errors; red: mean with 95% CI over images", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "area_errors.png", dpi=120)
     plt.close(fig)
@@ -188,7 +241,7 @@ def plot_area_errors(out: Path, names: list[str], folds: list[int], volumes: boo
 def plot_reliability(out: Path, records: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
-    for record in (r for r in records if r["kind"] == "folds"):
+    for record in (r for r in records if r["kind"] == "runs"):
         curves = [s["reliability"] for s in record["summaries"] if "reliability" in s]
         if not curves:
             continue
@@ -213,10 +266,12 @@ def plot_reliability(out: Path, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def plot_examples(out: Path, names: list[str], fold: int) -> None:
-    """Rows: losses; columns: example test images with the prediction in red (lesion-free ones last)."""
+def plot_examples(out: Path, names: list[str], fold: int, seed: int) -> None:
+    """Rows: losses; columns: example test images, the prediction in red over the image and the ground
+    truth outlined in green (lesion-free images last, titled so)."""
     images = sorted((out / "example_images").glob("*")) if (out / "example_images").is_dir() else []
-    rows = [n for n in names if (out / "runs" / n / "examples" / f"fold{fold}").is_dir()]
+    prediction_dirs = {n: run_path(out, n, seed) / "examples" / f"fold{fold}" for n in names}
+    rows = [n for n in names if prediction_dirs[n].is_dir()]
     if not images or not rows:
         return
     fig, axes = plt.subplots(len(rows), len(images), figsize=(1.6 * len(images), 1.6 * len(rows)), squeeze=False)
@@ -224,43 +279,84 @@ def plot_examples(out: Path, names: list[str], fold: int) -> None:
         for c, image_path in enumerate(images):
             ax = axes[r][c]
             rgb = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255
-            prediction = out / "runs" / name / "examples" / f"fold{fold}" / f"{image_path.stem}_seg.png"
+            prediction = prediction_dirs[name] / f"{image_path.stem}_seg.png"
             if prediction.is_file():
-                mask = np.asarray(Image.open(prediction).convert("L")) > 127
+                mask = np.asarray(Image.open(prediction).convert("L").resize(rgb.shape[1::-1], Image.NEAREST)) > 127
                 rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([1.0, 0.0, 0.0])
             ax.imshow(rgb)
+            truth_path = out / "example_masks" / image_path.name
+            if truth_path.is_file():
+                truth = np.asarray(Image.open(truth_path).convert("L").resize(rgb.shape[1::-1], Image.NEAREST)) > 127
+                if truth.any():
+                    ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title("lesion-free" if image_path.name.startswith("free_") else "lesion", fontsize=8)
             if c == 0:
                 ax.set_ylabel(loss_of(name), fontsize=8)
-    fig.suptitle(f"Predictions (red), fold {fold}", fontsize=9)
+    fig.suptitle(f"Prediction in red, ground truth outlined in green (fold {fold}, seed {seed})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "examples.png", dpi=110)
     plt.close(fig)
 
 
 def write_report(
-    out: Path, names: list[str], folds: list[int], status: dict, settings: dict, dataset: str
+    out: Path,
+    names: list[str],
+    folds: list[int],
+    status: dict,
+    settings: dict,
+    dataset: str,
+    seeds: list[int] = (0,),
+    reference: str = "ce",
 ) -> list[dict]:
-    """Write results.csv, results.md and the plots; returns the aggregated records."""
+    """Write results.csv, results.md and the plots; returns the aggregated records.
+
+    ``reference`` is the loss every other loss is compared with, image by image; without it among the
+    evaluated losses, the paired sections are left out and the report says so.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    records = collect(out, names, folds)
-    header = [f"## Study `{dataset}`: {len(names)} loss bundle(s), folds {folds}", ""]
-    if settings:
-        header.append("Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())))
-        header.append("")
-    if status:
-        header += ["| run | status | seconds |", "|---|---|---|"]
-        header += [f"| {k} | {v['status']} | {v.get('seconds', '')} |" for k, v in status.items()]
-        header.append("")
+    seeds = list(seeds)
+    records = collect(out, names, folds, seeds)
     volumes = any("whole_dice" in s for r in records for s in r["summaries"])
-    write_tables(out, records, VOLUME_METRICS if volumes else LESION_METRICS, "\n".join(header))
+    metrics, paired = (VOLUME_METRICS, VOLUME_PAIRED) if volumes else (LESION_METRICS, LESION_PAIRED)
+    runs_by_loss = {loss_of(n): read_runs(csvs) for n in names if (csvs := per_image_csvs(out, n, folds, seeds))}
+    num_runs = {loss_of(n): len(per_image_csvs(out, n, folds, seeds)) for n in names}
+
+    lines = [f"## Study `{dataset}`: {len(names)} loss bundle(s), folds {folds}, seeds {seeds}", ""]
+    if settings:
+        lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())), ""]
+    if status:
+        lines += ["| run | status | seconds |", "|---|---|---|"]
+        lines += [f"| {k} | {v['status']} | {v.get('seconds', '')} |" for k, v in status.items()]
+        lines.append("")
+    rows, table_lines = run_tables(records, metrics)
+    lines += table_lines
+
+    comparison: list[dict] = []
+    if reference in runs_by_loss and len(runs_by_loss) > 1:
+        comparison = compare(runs_by_loss, reference, paired)
+        lines += markdown(comparison, reference, num_runs)
+        lines += ["### Reading", ""]
+        lines += sentences(comparison, reference, HEADLINE_VOLUME if volumes else HEADLINE)
+        lines.append("")
+    elif runs_by_loss:
+        lines += [f"No paired comparison: the reference loss {reference!r} has no evaluated run here.", ""]
+
+    paired_by_loss, paired_fields = csv_columns(comparison)
+    for row in rows:
+        if row["kind"] == "runs":
+            row["reference"] = reference if comparison else ""
+            row.update(paired_by_loss.get(row["loss"], {}))
+    fields = ["loss", "bundle", "kind", "n"] + [f"{k}_{s}" for k, _, _ in metrics for s in ("mean", "std")]
+    write_csv_atomic(out / "results.csv", rows, fields + (["reference"] + paired_fields if comparison else []))
+    write_text_atomic(out / "results.md", "\n".join(lines) + "\n")
+
     if records:
         if not volumes:
-            plot_dice_vs_fp(out, records)
-            plot_examples(out, names, folds[0])
-        plot_area_errors(out, names, folds, volumes)
+            plot_dice_vs_fp(out, runs_by_loss)
+            plot_examples(out, names, folds[0], seeds[0])
+        plot_area_errors(out, runs_by_loss, volumes)
         plot_reliability(out, records)
     return records

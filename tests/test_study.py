@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scripts import run_study
@@ -35,21 +36,24 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     code = run_study.study("demo", data_dir=str(tiny_demo_data), bundles=["ce", "dice"], output_dir=str(out), **TINY)
     assert code == 0
     for name in ("polyp_ce", "polyp_dice"):
-        assert (out / "runs" / name / "models" / "fold1" / "model_final.pt").is_file()
-        assert (out / "runs" / name / "eval" / "fold1" / "summary.json").is_file()
-        assert (out / "runs" / name / "fold1.log").is_file()
+        assert (out / "runs" / name / "seed0" / "models" / "fold1" / "model_final.pt").is_file()
+        assert (out / "runs" / name / "seed0" / "eval" / "fold1" / "summary.json").is_file()
+        assert (out / "runs" / name / "seed0" / "fold1.log").is_file()
     rows = read_csv(out / "results.csv")
-    assert [(r["loss"], r["kind"], r["n"]) for r in rows] == [("ce", "folds", "1"), ("dice", "folds", "1")]
-    summary = json.loads((out / "runs" / "polyp_ce" / "eval" / "fold1" / "summary.json").read_text())
+    assert [(r["loss"], r["kind"], r["n"]) for r in rows] == [("ce", "runs", "1"), ("dice", "runs", "1")]
+    assert rows[1]["reference"] == "ce" and rows[1]["dice_lesion_ci_low"] != ""
+    summary = json.loads((out / "runs" / "polyp_ce" / "seed0" / "eval" / "fold1" / "summary.json").read_text())
     assert float(rows[0]["dice_lesion_mean"]) == pytest.approx(summary["dice_lesion"])
     table = (out / "results.md").read_text()
     assert "| ce | 1 |" in table and "| dice | 1 |" in table
+    assert "### Paired differences to ce" in table and "### Reading" in table
+    assert (out / "example_masks").is_dir() and len(list((out / "example_masks").iterdir())) == 5
     for plot in ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "examples.png"):
         assert (out / plot).stat().st_size > 1000, plot
     assert "epoch 1/1" in capsys.readouterr().out  # progress a person can follow
 
     # resume: finished runs are skipped, their checkpoints untouched
-    checkpoint = out / "runs" / "polyp_ce" / "models" / "fold1" / "model_final.pt"
+    checkpoint = out / "runs" / "polyp_ce" / "seed0" / "models" / "fold1" / "model_final.pt"
     modified = checkpoint.stat().st_mtime_ns
     assert (
         run_study.study("demo", data_dir=str(tiny_demo_data), bundles=["ce", "dice"], output_dir=str(out), **TINY) == 0
@@ -75,11 +79,16 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
         **TINY,
     )
     assert code == 1
-    assert "1 run(s) failed: polyp_broken/fold1" in capsys.readouterr().err
+    assert "1 run(s) failed: polyp_broken/seed0/fold1" in capsys.readouterr().err
     table = (out / "results.md").read_text()
-    assert "| polyp_broken/fold1 | failed (exit 1)" in table
+    assert "| polyp_broken/seed0/fold1 | failed (exit 1)" in table
     assert [r["loss"] for r in read_csv(out / "results.csv")] == ["ce", "dice"]
-    assert "NoSuchLoss" in (out / "runs" / "polyp_broken" / "fold1.log").read_text()
+    assert "NoSuchLoss" in (out / "runs" / "polyp_broken" / "seed0" / "fold1.log").read_text()
+
+    # the report rebuilds from the saved summaries and per-image CSVs alone
+    (out / "results.md").unlink()
+    run_study.report(str(out))
+    assert "### Paired differences to ce" in (out / "results.md").read_text()
 
 
 def test_study_refuses_bad_arguments(tmp_path):
@@ -116,6 +125,34 @@ def fake_summary(dice: float, fp_rate: float, area_error: float) -> dict:
     }
 
 
+def write_run(out: Path, bundle: str, seed: int, fold: int, summary: dict, images: list[dict] | None = None) -> None:
+    evaluation = out / "runs" / bundle / f"seed{seed}" / "eval" / f"fold{fold}"
+    evaluation.mkdir(parents=True)
+    (evaluation / "summary.json").write_text(json.dumps(summary))
+    if images is not None:
+        with open(evaluation / "per_image.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(images[0]))
+            writer.writeheader()
+            writer.writerows(images)
+
+
+def per_image(dice: list[float], free_with_lesion: list[bool], area_error: float = 0.1) -> list[dict]:
+    """Per-image rows: lesion images with the given Dice, then lesion-free images."""
+    rows = []
+    for i, value in enumerate(dice):
+        rows.append(
+            {"image": f"lesion{i}.png", "lesion_free": False, "dice": value, "iou": value / 2, "pred_empty": False}
+            | {"fp_area_fraction": 0.0, "area_error_hard": area_error, "area_error_soft": area_error * 2}
+        )
+    for i, flag in enumerate(free_with_lesion):
+        rows.append(
+            {"image": f"free{i}.png", "lesion_free": True, "dice": float(not flag), "iou": float(not flag)}
+            | {"pred_empty": not flag, "fp_area_fraction": 0.02 if flag else 0.0}
+            | {"area_error_hard": "", "area_error_soft": ""}
+        )
+    return rows
+
+
 def test_report_means_stds_and_best_marks(tmp_path):
     runs = {
         "polyp_ce": [fake_summary(0.80, 0.1, -0.05), fake_summary(0.84, 0.3, 0.05)],
@@ -123,16 +160,14 @@ def test_report_means_stds_and_best_marks(tmp_path):
     }
     for name, summaries in runs.items():
         for fold, summary in enumerate(summaries, start=1):
-            path = tmp_path / "runs" / name / "eval" / f"fold{fold}" / "summary.json"
-            path.parent.mkdir(parents=True)
-            path.write_text(json.dumps(summary))
-    (tmp_path / "runs" / "polyp_ce" / "eval" / "ensemble").mkdir()
-    (tmp_path / "runs" / "polyp_ce" / "eval" / "ensemble" / "summary.json").write_text(
+            write_run(tmp_path, name, 0, fold, summary)
+    (tmp_path / "runs" / "polyp_ce" / "seed0" / "eval" / "ensemble").mkdir()
+    (tmp_path / "runs" / "polyp_ce" / "seed0" / "eval" / "ensemble" / "summary.json").write_text(
         json.dumps(fake_summary(0.9, 0.0, 0.0))
     )
     write_report(tmp_path, ["polyp_ce", "polyp_dice"], [1, 2], status={}, settings={}, dataset="unit")
     rows = read_csv(tmp_path / "results.csv")
-    assert [(r["loss"], r["kind"]) for r in rows] == [("ce", "folds"), ("ce", "ensemble"), ("dice", "folds")]
+    assert [(r["loss"], r["kind"]) for r in rows] == [("ce", "runs"), ("ce", "ensemble"), ("dice", "runs")]
     assert float(rows[0]["dice_lesion_mean"]) == pytest.approx(0.82)
     assert float(rows[0]["dice_lesion_std"]) == pytest.approx(0.0282843, rel=1e-4)  # sample std of 0.80, 0.84
     assert float(rows[2]["lesion_free_fp_rate_mean"]) == pytest.approx(0.8)
@@ -141,3 +176,54 @@ def test_report_means_stds_and_best_marks(tmp_path):
     assert "**0.200 ± 0.141**" in table  # ce has the lowest lesion-free FP rate
     assert "**0.000 ± 0.071**" in table  # ce's signed area error is closest to 0
     assert "### Fold ensemble" in table
+
+
+def test_report_paired_differences_over_seeds(tmp_path):
+    """Two seeds per loss: image values are averaged over runs, then compared with ce image by image."""
+    rng = np.random.default_rng(0)
+    ce_dice = rng.uniform(0.6, 0.9, size=40)
+    free_ce = [i < 2 for i in range(20)]  # ce: a false lesion on 2 of 20 lesion-free images
+    free_dice = [i < 14 for i in range(20)]  # dice: on 14, including ce's 2
+    for seed, jitter in ((0, -0.01), (1, 0.01)):  # the two seeds average back to the base values
+        write_run(
+            tmp_path, "polyp_ce", seed, 1, fake_summary(0.8, 0.1, 0.1), per_image(list(ce_dice + jitter), free_ce)
+        )
+        write_run(
+            tmp_path,
+            "polyp_dice",
+            seed,
+            1,
+            fake_summary(0.8, 0.7, 0.1),
+            per_image(list(ce_dice - 0.1 + jitter), free_dice),
+        )
+        write_run(
+            tmp_path, "polyp_twin", seed, 1, fake_summary(0.8, 0.1, 0.1), per_image(list(ce_dice + jitter), free_ce)
+        )
+    names = ["polyp_ce", "polyp_dice", "polyp_twin"]
+    write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1])
+
+    rows = {r["loss"]: r for r in read_csv(tmp_path / "results.csv")}
+    assert rows["ce"]["n"] == "2" and rows["ce"]["dice_lesion_diff"] == ""  # the reference has no difference
+    dice = rows["dice"]
+    assert float(dice["dice_lesion_diff"]) == pytest.approx(-10.0)  # points
+    assert float(dice["dice_lesion_ci_low"]) == pytest.approx(-10.0) == float(dice["dice_lesion_ci_high"])
+    assert dice["dice_lesion_n"] == "40" and dice["lesion_free_fp_area_n"] == "20"
+    assert (dice["lesion_free_with_lesion_count"], dice["lesion_free_with_lesion_reference_count"]) == ("14", "2")
+    assert (dice["lesion_free_with_lesion_only_this"], dice["lesion_free_with_lesion_only_reference"]) == ("12", "0")
+    assert float(dice["lesion_free_with_lesion_p"]) == pytest.approx(2 * 0.5**12)
+    assert float(dice["lesion_free_with_lesion_p_holm"]) == pytest.approx(2 * 2 * 0.5**12)  # 2 losses compared
+    twin = rows["twin"]
+    assert float(twin["dice_lesion_diff"]) == 0.0 and float(twin["dice_lesion_p"]) == 1.0
+
+    table = (tmp_path / "results.md").read_text()
+    ce_mean = float(np.mean(ce_dice)) * 100
+    assert f"| Dice lesion (points) | dice | {ce_mean - 10:.1f} | {ce_mean:.1f} | **-10.0 [-10.0, -10.0]** |" in table
+    assert "| lesion-free image predicted with a lesion | dice | 14/20 | 2/20 | 12 | 0 |" in table
+    reading = table.split("### Reading")[1]
+    assert "- dice against ce: -10.0 points Dice lesion [-10.0, -10.0]" in reading
+    assert "lesion-free image predicted with a lesion 14/20 against 2/20 (Holm p < 0.001)" in reading
+    assert "- twin: no headline difference to ce whose 95% interval excludes 0." in reading
+    assert "runs per loss: ce 2, dice 2, twin 2" in table
+
+    write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1], reference="focal")
+    assert "the reference loss 'focal' has no evaluated run" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,342 @@
+"""Paired, per-image comparisons of a study's losses with a reference loss (results.md and results.csv).
+
+Each run writes one row per test image (``per_image.csv``; ``per_volume.csv`` for 3D bundles). A loss's
+value on an image is averaged over its runs (folds x seeds) first, so every image counts once; then each
+loss is compared with the reference on the images both were evaluated on (custom_losses.comparison).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from custom_losses.comparison import holm, mcnemar_exact, mean_ci, paired_difference
+
+
+def _number(text: str) -> float:
+    return math.nan if text in ("", None) else float(text)
+
+
+def _flag(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise ValueError(f"expected True or False, got {text!r}")
+    return text == "True"
+
+
+@dataclass(frozen=True)
+class PairedMetric:
+    """A per-image quantity compared between losses.
+
+    ``value`` reads it from a per-image CSV row; ``images`` says which images it is defined on (``lesion``,
+    ``lesion_free`` or ``all``); reported values are multiplied by ``scale`` and given in ``unit``.
+    A ``binary`` metric is an image-level outcome (McNemar), the others are compared as paired means.
+    """
+
+    key: str
+    title: str
+    value: Callable[[dict], float]
+    images: str = "all"
+    scale: float = 1.0
+    unit: str = ""
+    better: str = "max"  # "max", "min" or "zero" (closest to 0)
+    binary: bool = False
+
+
+LESION_PAIRED = [
+    PairedMetric("dice_lesion", "Dice lesion", lambda r: _number(r["dice"]), "lesion", 100, "points"),
+    PairedMetric("iou_lesion", "IoU lesion", lambda r: _number(r["iou"]), "lesion", 100, "points"),
+    PairedMetric(
+        "area_error_hard", "area err. (mask)", lambda r: _number(r["area_error_hard"]), "lesion", 100, "% pts", "zero"
+    ),
+    PairedMetric(
+        "area_error_soft", "area err. (prob.)", lambda r: _number(r["area_error_soft"]), "lesion", 100, "% pts", "zero"
+    ),
+    PairedMetric(
+        "abs_area_error_hard",
+        "abs. area err. (mask)",
+        lambda r: abs(_number(r["area_error_hard"])),
+        "lesion",
+        100,
+        "% pts",
+        "min",
+    ),
+    PairedMetric(
+        "abs_area_error_soft",
+        "abs. area err. (prob.)",
+        lambda r: abs(_number(r["area_error_soft"])),
+        "lesion",
+        100,
+        "% pts",
+        "min",
+    ),
+    PairedMetric(
+        "lesion_free_fp_area",
+        "lesion-free FP area",
+        lambda r: _number(r["fp_area_fraction"]),
+        "lesion_free",
+        100,
+        "% pts",
+        "min",
+    ),
+    PairedMetric(
+        "lesion_free_with_lesion",
+        "lesion-free image predicted with a lesion",
+        lambda r: not _flag(r["pred_empty"]),
+        "lesion_free",
+        better="min",
+        binary=True,
+    ),
+    PairedMetric(
+        "lesion_missed",
+        "lesion image predicted empty",
+        lambda r: _flag(r["pred_empty"]),
+        "lesion",
+        better="min",
+        binary=True,
+    ),
+]
+
+
+def _volume_metric(key: str, title: str, better: str, absolute: bool = False) -> PairedMetric:
+    column = key.replace("abs_", "")
+    if absolute:
+        return PairedMetric(key, title, lambda r: abs(_number(r[column])), "all", 1.0, "ml", better)
+    scale, unit = (100, "points") if key.endswith("_dice") else (1.0, "ml")
+    return PairedMetric(key, title, lambda r: _number(r[column]), "all", scale, unit, better)
+
+
+VOLUME_PAIRED = [
+    _volume_metric("whole_dice", "Dice whole", "max"),
+    _volume_metric("anterior_dice", "Dice anterior", "max"),
+    _volume_metric("posterior_dice", "Dice posterior", "max"),
+    _volume_metric("whole_error_hard_ml", "vol. err. hard", "zero"),
+    _volume_metric("whole_error_soft_ml", "vol. err. soft", "zero"),
+    _volume_metric("whole_abs_error_hard_ml", "abs. vol. err. hard", "min", absolute=True),
+    _volume_metric("whole_abs_error_soft_ml", "abs. vol. err. soft", "min", absolute=True),
+]
+
+# the metrics the closing sentences speak about: in distribution, on lesion-free images, on areas/volumes
+HEADLINE = ("dice_lesion", "lesion_free_fp_area", "lesion_free_with_lesion", "area_error_soft", "area_error_hard")
+HEADLINE_VOLUME = ("whole_dice", "whole_error_soft_ml", "whole_error_hard_ml")
+
+
+class ReportInputError(ValueError):
+    """A per-image CSV that cannot be read: the message names the file and the problem."""
+
+
+def read_runs(paths: list[Path]) -> dict[str, list[dict]]:
+    """Rows of the per-image CSVs of one loss's runs, grouped by image name."""
+    rows: dict[str, list[dict]] = {}
+    for path in paths:
+        with open(path, newline="") as handle:
+            for index, row in enumerate(csv.DictReader(handle)):
+                name = row.get("image")
+                if not name:
+                    raise ReportInputError(f"{path}: row {index + 2} has no image name")
+                rows.setdefault(name, []).append(row)
+    return rows
+
+
+def _in_subset(rows: list[dict], images: str) -> bool:
+    if images == "all":
+        return True
+    lesion_free = _flag(rows[0]["lesion_free"])
+    return lesion_free if images == "lesion_free" else not lesion_free
+
+
+def per_image_values(rows_by_image: dict[str, list[dict]], metric: PairedMetric) -> dict[str, float]:
+    """The metric on each image it is defined on, averaged over runs (binary: true in at least half of them)."""
+    values = {}
+    for name, rows in rows_by_image.items():
+        if not _in_subset(rows, metric.images):
+            continue
+        run_values = [float(metric.value(r)) for r in rows]
+        run_values = [v for v in run_values if not math.isnan(v)]
+        if run_values:
+            mean = sum(run_values) / len(run_values)
+            values[name] = float(mean >= 0.5) if metric.binary else mean
+    return values
+
+
+def compare(
+    runs_by_loss: dict[str, dict[str, list[dict]]], reference: str, metrics: list[PairedMetric], seed: int = 0
+) -> list[dict]:
+    """Every loss against ``reference`` on every metric, Holm-corrected per metric over the losses."""
+    if reference not in runs_by_loss:
+        raise ReportInputError(f"reference loss {reference!r} has no evaluated runs (have: {', '.join(runs_by_loss)})")
+    results = []
+    for metric in metrics:
+        reference_values = per_image_values(runs_by_loss[reference], metric)
+        block = []
+        for loss, rows_by_image in runs_by_loss.items():
+            if loss == reference:
+                continue
+            values = per_image_values(rows_by_image, metric)
+            images = sorted(set(values) & set(reference_values))
+            if not images:
+                continue
+            this = [values[i] for i in images]
+            other = [reference_values[i] for i in images]
+            if metric.binary:
+                result = mcnemar_exact([v > 0.5 for v in this], [v > 0.5 for v in other])
+            else:
+                result = paired_difference(this, other, seed=seed)
+                result["mean"], result["reference_mean"] = float(np.mean(this)), float(np.mean(other))
+            block.append({"loss": loss, "metric": metric, **result})
+        for entry, adjusted in zip(block, holm([e["p"] for e in block]), strict=True):
+            entry["p_holm"] = adjusted
+        results += block
+    return results
+
+
+def image_means(rows_by_image: dict[str, list[dict]], metric: PairedMetric) -> tuple[float, float, float] | None:
+    """Mean of the metric over images (per-image values averaged over runs) and its bootstrap 95% CI."""
+    values = list(per_image_values(rows_by_image, metric).values())
+    return mean_ci(values) if values else None
+
+
+def excludes_zero(result: dict) -> bool:
+    low, high = result.get("ci_low", math.nan), result.get("ci_high", math.nan)
+    return not (math.isnan(low) or math.isnan(high)) and (low > 0 or high < 0)
+
+
+def format_p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_clause(p: float) -> str:
+    """``p < 0.001`` or ``p = 0.012`` for running text."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _scaled(result: dict, key: str) -> float:
+    return result[key] * result["metric"].scale
+
+
+def _digits(metric: PairedMetric) -> int:
+    return 3 if metric.unit == "ml" else 1
+
+
+def format_difference(result: dict) -> str:
+    digits = _digits(result["metric"])
+    text = f"{_scaled(result, 'difference'):+.{digits}f}"
+    if not math.isnan(result["ci_low"]):
+        text += f" [{_scaled(result, 'ci_low'):+.{digits}f}, {_scaled(result, 'ci_high'):+.{digits}f}]"
+    return f"**{text}**" if excludes_zero(result) else text
+
+
+def markdown(results: list[dict], reference: str, num_runs: dict[str, int], seed: int = 0) -> list[str]:
+    """The two paired tables (mean differences, image-level outcomes) with their legends."""
+    continuous = [r for r in results if not r["metric"].binary]
+    binary = [r for r in results if r["metric"].binary]
+    losses = sorted({r["loss"] for r in results})
+    compared = len(losses)
+    runs = ", ".join(f"{loss} {num_runs[loss]}" for loss in [reference, *losses] if loss in num_runs)
+    lines = []
+    if continuous:
+        lines += [
+            f"### Paired differences to {reference} (per test image)",
+            "",
+            f"| metric | loss | mean | {reference} | difference to {reference} [95% CI] | p | Holm p |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in continuous:
+            metric, digits = r["metric"], _digits(r["metric"])
+            lines.append(
+                f"| {metric.title} ({metric.unit}) | {r['loss']} | {_scaled(r, 'mean'):.{digits}f} | "
+                f"{_scaled(r, 'reference_mean'):.{digits}f} | {format_difference(r)} | {format_p(r['p'])} | "
+                f"{format_p(r['p_holm'])} |"
+            )
+        lines += [
+            "",
+            f"Each image's value is first averaged over a loss's runs (runs per loss: {runs}); the difference is",
+            f"loss minus {reference}, averaged over the n images both were evaluated on (Dice, IoU and area errors on",
+            "lesion images, FP area on lesion-free images), with a 95% BCa bootstrap interval over images (paired",
+            f"resampling, 9999 resamples, seed {seed}). Bold: the interval excludes 0. p: Wilcoxon signed-rank test;",
+            f"Holm p: Holm's correction over the {compared} losses compared with {reference}, per metric.",
+            "Dice, IoU: higher is better; area errors (predicted minus true, % of the true area): closest to 0;",
+            "abs. errors, FP area (% of the image's pixels): lower is better.",
+            "",
+        ]
+    if binary:
+        lines += [
+            f"### Image-level outcomes against {reference}",
+            "",
+            f"| outcome | loss | images | {reference} | only this loss | only {reference} | McNemar p | Holm p |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in binary:
+            lines.append(
+                f"| {r['metric'].title} | {r['loss']} | {r['count']}/{r['n']} | {r['reference_count']}/{r['n']} | "
+                f"{r['only_this']} | {r['only_reference']} | {format_p(r['p'])} | {format_p(r['p_holm'])} |"
+            )
+        lines += [
+            "",
+            "An image counts when the outcome occurred in at least half of the loss's runs. Only the discordant",
+            "images (the outcome under one loss but not the other) carry information: p is the exact McNemar test",
+            f"(two-sided binomial test of the discordant images); Holm over the {compared} losses compared. Fewer is",
+            "better for both outcomes.",
+            "",
+        ]
+    return lines
+
+
+def sentences(results: list[dict], reference: str, headline: tuple[str, ...]) -> list[str]:
+    """One sentence per loss from the measured differences only: those whose interval excludes 0
+    (outcomes: Holm p < 0.05) among the headline metrics, or a statement that there were none."""
+    lines = []
+    for loss in dict.fromkeys(r["loss"] for r in results):
+        parts = []
+        for key in headline:
+            for r in (r for r in results if r["loss"] == loss and r["metric"].key == key):
+                metric = r["metric"]
+                if metric.binary and r["p_holm"] < 0.05:
+                    parts.append(
+                        f"{metric.title} {r['count']}/{r['n']} against {r['reference_count']}/{r['n']} "
+                        f"(Holm {p_clause(r['p_holm'])})"
+                    )
+                elif not metric.binary and excludes_zero(r):
+                    digits = _digits(metric)
+                    parts.append(
+                        f"{_scaled(r, 'difference'):+.{digits}f} {metric.unit} {metric.title} "
+                        f"[{_scaled(r, 'ci_low'):+.{digits}f}, {_scaled(r, 'ci_high'):+.{digits}f}], "
+                        f"Holm {p_clause(r['p_holm'])}"
+                    )
+        if parts:
+            lines.append(f"- {loss} against {reference}: " + "; ".join(parts) + ".")
+        else:
+            lines.append(f"- {loss}: no headline difference to {reference} whose 95% interval excludes 0.")
+    return lines
+
+
+def csv_columns(results: list[dict]) -> tuple[dict[str, dict], list[str]]:
+    """results.csv columns per loss: ``<metric>_diff/_ci_low/_ci_high/_p/_p_holm`` (outcomes: counts)."""
+    by_loss: dict[str, dict] = {}
+    fields: list[str] = []
+    for r in results:
+        key = r["metric"].key
+        if r["metric"].binary:
+            values = {
+                f"{key}_count": r["count"],
+                f"{key}_reference_count": r["reference_count"],
+                f"{key}_only_this": r["only_this"],
+                f"{key}_only_reference": r["only_reference"],
+            }
+        else:
+            values = {
+                f"{key}_diff": _scaled(r, "difference"),
+                f"{key}_ci_low": _scaled(r, "ci_low"),
+                f"{key}_ci_high": _scaled(r, "ci_high"),
+            }
+        values.update({f"{key}_n": r["n"], f"{key}_p": r["p"], f"{key}_p_holm": r["p_holm"]})
+        by_loss.setdefault(r["loss"], {}).update(values)
+        fields += [f for f in values if f not in fields]
+    return by_loss, fields
