@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
@@ -186,6 +188,56 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 RESUME_PREFIX = "resume"
+RANDOM_STATE_KEY = "random_state"
+
+
+class RandomState:
+    """The global random generators (torch CPU and CUDA, NumPy, Python) as a checkpointable object.
+
+    Saved with each resume checkpoint, so a resumed run draws the same shuffles and augmentations as an
+    uninterrupted one and ends with the same weights (on the CPU; cuDNN autotuning and atomics make GPU
+    runs differ in the last bits anyway). Only tensors and plain numbers, so ``torch.load(weights_only=True)``
+    (MONAI's CheckpointLoader) reads it.
+    """
+
+    def state_dict(self) -> dict:
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()  # noqa: NPY002 (MONAI seeds it)
+        version, python_state, gauss_next = random.getstate()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": int(position),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
+            "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64)},
+        }
+        if gauss_next is not None:
+            state["python"]["gauss_next"] = float(gauss_next)
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        numpy_state = state["numpy"]
+        np.random.set_state(  # noqa: NPY002
+            (
+                numpy_state["name"],
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+        python_state = state["python"]
+        random.setstate(
+            (python_state["version"], tuple(int(v) for v in python_state["state"]), python_state.get("gauss_next"))
+        )
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
@@ -199,11 +251,12 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
 class EpochCheckpointSaver:
     """Save model, optimizer, LR scheduler and trainer state at the end of an epoch (only the last is kept).
 
-    What ``resume=True`` restarts from. A checkpoint is written once ``min_interval_s`` seconds have passed
-    since the last one (or since training started), and after the last epoch; 0 saves every epoch. A
-    resume checkpoint of FlexibleUNet-resnet18 with its AdamW state is 155 MiB and took 0.16 to 0.23 s to
-    save on the development CPU (benchmarks/throughput.py): every epoch, that would add about a fifth to a
-    GPU epoch of 800 images at 800 images/s. The trainer is added when attached, so configs need not
+    What ``resume=True`` restarts from, random generator states included (:class:`RandomState`). A
+    checkpoint is written once ``min_interval_s`` seconds have passed since the last one (or since training
+    started), and after the last epoch; 0 saves every epoch. A resume checkpoint of FlexibleUNet-resnet18
+    with its AdamW state is 155 MiB and took 0.16 to 0.23 s to save on the development CPU
+    (benchmarks/throughput.py): every epoch, that would add about a fifth to a GPU epoch of 800 images at
+    800 images/s. The trainer is added when attached, so configs need not
     reference the trainer from inside its own handler list.
     """
 
@@ -218,7 +271,7 @@ class EpochCheckpointSaver:
     def attach(self, engine: Engine) -> None:
         saver = AtomicCheckpointSaver(
             save_dir=self.save_dir,
-            save_dict={**self.save_dict, "trainer": engine},
+            save_dict={**self.save_dict, "trainer": engine, RANDOM_STATE_KEY: RandomState()},
             file_prefix=RESUME_PREFIX,
             save_interval=1,
             epoch_level=True,
@@ -243,7 +296,8 @@ class ResumeFromLatestCheckpoint:
     """With ``enabled``, load the newest :class:`EpochCheckpointSaver` checkpoint before training starts.
 
     The trainer's epoch and iteration come back with it, so the run ends at the same ``epochs``; loss
-    schedules are functions of the epoch and resume with it.
+    schedules are functions of the epoch and resume with it, and the random generators continue where the
+    checkpoint left them.
     """
 
     def __init__(self, enabled: bool, ckpt_dir: str | os.PathLike, load_dict: dict, map_location=None) -> None:
@@ -259,9 +313,10 @@ class ResumeFromLatestCheckpoint:
 
         path = latest_checkpoint(self.ckpt_dir)
         logging.getLogger(__name__).info("resuming from %s", path)
-        loader = CheckpointLoader(
-            load_path=str(path), load_dict={**self.load_dict, "trainer": engine}, map_location=self.map_location
-        )
+        load_dict = {**self.load_dict, "trainer": engine}
+        if RANDOM_STATE_KEY in torch.load(path, map_location="cpu", mmap=True, weights_only=True):
+            load_dict[RANDOM_STATE_KEY] = RandomState()  # absent from checkpoints of earlier versions
+        loader = CheckpointLoader(load_path=str(path), load_dict=load_dict, map_location=self.map_location)
         loader.attach(engine)
 
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from scripts import run_study
 from scripts.demo_data import write_demo_layouts
@@ -227,3 +233,54 @@ def test_report_paired_differences_over_seeds(tmp_path):
 
     write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1], reference="focal")
     assert "the reference loss 'focal' has no evaluated run" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_data, tmp_path):
+    """Kill the study mid-training, run the same command again: the run continues from its last resume
+    checkpoint (not epoch 0) and ends with exactly the weights of an uninterrupted study (CPU, same seed)."""
+    settings = {**TINY, "epochs": 6, "resume_checkpoint_interval_s": 0}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, str(run_study.REPO / "scripts" / "run_study.py"), "demo"] + [
+            f"--data_dir={tiny_demo_data}",
+            "--bundles=[ce]",
+            f"--output_dir={out}",
+            "--examples=False",
+            *(f"--{key}={value}" for key, value in settings.items()),
+        ]
+
+    interrupted = tmp_path / "interrupted"
+    models = interrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1"
+    with open(tmp_path / "first.log", "w") as log:
+        child = subprocess.Popen(command(interrupted), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        while not list(models.glob("resume_checkpoint_epoch=*.pt")) and time.time() < deadline:
+            if child.poll() is not None:
+                break
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)  # the study and its training child
+        child.wait()
+    saved = list(models.glob("resume_checkpoint_epoch=*.pt"))
+    assert saved, (tmp_path / "first.log").read_text()[-2000:]
+    assert not (models / "model_final.pt").exists(), "killed too late: the run had finished"
+    resumed_from = int(saved[0].stem.rsplit("=", 1)[1])
+
+    again = subprocess.run(command(interrupted), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "(resumed)" in again.stdout
+    log = (interrupted / "runs" / "polyp_ce" / "seed0" / "fold1.log").read_text()
+    second = log.split("stage: train polyp_ce fold 1 (resumed)")[1]  # the log is appended to
+    first_epoch = int(second.split("Epoch: ")[1].split("/")[0])
+    assert first_epoch == resumed_from + 1  # continued after the checkpoint, not from epoch 1
+
+    uninterrupted = tmp_path / "uninterrupted"
+    straight = subprocess.run(command(uninterrupted), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-3000:]
+    resumed = torch.load(models / "model_final.pt", weights_only=True)
+    reference = torch.load(
+        uninterrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1" / "model_final.pt", weights_only=True
+    )
+    assert resumed.keys() == reference.keys()
+    different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
+    assert not different, different[:5]
