@@ -238,6 +238,103 @@ def plot_area_errors(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], 
     plt.close(fig)
 
 
+VALIDATION_TAG = "val_mean_dice"
+# a curve has flattened when the best validation Dice rose by less than this over its last fifth of epochs
+FLAT_TOLERANCE = 0.01
+FLAT_TAIL = 0.2
+
+
+def validation_curve(run_dir: Path, fold: int) -> list[tuple[int, float]]:
+    """Validation Dice per epoch from a run's TensorBoard log (a resumed run's repeated epochs: the last)."""
+    log_dir = run_dir / "logs" / f"fold{fold}"
+    if not log_dir.is_dir():
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if VALIDATION_TAG not in events.Tags().get("scalars", []):
+        return []
+    by_epoch = {}
+    for event in sorted(events.Scalars(VALIDATION_TAG), key=lambda e: e.wall_time):
+        by_epoch[int(event.step)] = float(event.value)
+    return sorted(by_epoch.items())
+
+
+def convergence(curve: list[tuple[int, float]]) -> dict:
+    """Best and last validation Dice, and the gain of the best value over the last fifth of the epochs."""
+    epochs = [e for e, _ in curve]
+    values = [v for _, v in curve]
+    tail = max(2, math.ceil(FLAT_TAIL * len(values)))
+    best = max(values)
+    before_tail = max(values[:-tail]) if len(values) > tail else math.nan
+    gain = best - before_tail
+    return {
+        "epochs": epochs[-1],
+        "best": best,
+        "best_epoch": epochs[values.index(best)],
+        "last": values[-1],
+        "tail_epochs": tail,
+        "tail_gain": gain,
+        "flattened": bool(gain < FLAT_TOLERANCE) if not math.isnan(gain) else False,
+    }
+
+
+def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> dict[str, list]:
+    """Every run's (label, validation curve) per loss."""
+    curves: dict[str, list] = {}
+    for name in names:
+        for seed in seeds:
+            for fold in folds:
+                curve = validation_curve(run_path(out, name, seed), fold)
+                if curve:
+                    curves.setdefault(loss_of(name), []).append((f"seed {seed} fold {fold}", curve))
+    return curves
+
+
+def convergence_lines(curves: dict[str, list]) -> list[str]:
+    if not curves:
+        return []
+    lines = [
+        "### Convergence (validation Dice per epoch, `validation_curves.png`)",
+        "",
+        "| loss | run | epochs | best (epoch) | last | gain over the last epochs | flattened |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for loss, runs in curves.items():
+        for label, curve in runs:
+            c = convergence(curve)
+            gain = "n/a" if math.isnan(c["tail_gain"]) else f"{c['tail_gain']:+.3f} (last {c['tail_epochs']})"
+            lines.append(
+                f"| {loss} | {label} | {c['epochs']} | {c['best']:.3f} ({c['best_epoch']}) | {c['last']:.3f} | "
+                f"{gain} | {'yes' if c['flattened'] else '**no**'} |"
+            )
+    lines += [
+        "",
+        f"Flattened: the best validation Dice rose by less than {FLAT_TOLERANCE} over the last fifth of the epochs",
+        "(at least 2); a run marked no was still improving when it stopped.",
+        "",
+    ]
+    return lines
+
+
+def plot_validation_curves(out: Path, curves: dict[str, list]) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for index, (loss, runs) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        for number, (_, curve) in enumerate(runs):
+            epochs, values = zip(*curve, strict=True)
+            ax.plot(epochs, values, color=color, marker=".", linewidth=1, label=loss if number == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Dice")
+    ax.set_title("Validation Dice per epoch (one line per run)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "validation_curves.png", dpi=120)
+    plt.close(fig)
+
+
 def plot_reliability(out: Path, records: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
@@ -333,6 +430,8 @@ def write_report(
         lines.append("")
     rows, table_lines = run_tables(records, metrics)
     lines += table_lines
+    curves = validation_curves(out, names, folds, seeds)
+    lines += convergence_lines(curves)
 
     comparison: list[dict] = []
     if reference in runs_by_loss and len(runs_by_loss) > 1:
@@ -341,7 +440,7 @@ def write_report(
         lines += ["### Reading", ""]
         lines += sentences(comparison, reference, HEADLINE_VOLUME if volumes else HEADLINE)
         lines.append("")
-    elif runs_by_loss:
+    elif runs_by_loss and reference not in runs_by_loss:
         lines += [f"No paired comparison: the reference loss {reference!r} has no evaluated run here.", ""]
 
     paired_by_loss, paired_fields = csv_columns(comparison)
@@ -359,4 +458,6 @@ def write_report(
             plot_examples(out, names, folds[0], seeds[0])
         plot_area_errors(out, runs_by_loss, volumes)
         plot_reliability(out, records)
+    if curves:
+        plot_validation_curves(out, curves)
     return records

@@ -19,7 +19,7 @@ import torch
 from scripts import run_study
 from scripts.demo_data import write_demo_layouts
 from scripts.prepare_data import prepare_polyp
-from scripts.study_report import write_report
+from scripts.study_report import convergence, write_report
 
 TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}
 
@@ -54,7 +54,14 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert "| ce | 1 |" in table and "| dice | 1 |" in table
     assert "### Paired differences to ce" in table and "### Reading" in table
     assert (out / "example_masks").is_dir() and len(list((out / "example_masks").iterdir())) == 5
-    for plot in ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "examples.png"):
+    assert "### Convergence" in table and "| ce | seed 0 fold 1 | 1 |" in table
+    for plot in (
+        "dice_vs_lesion_free_fp.png",
+        "area_errors.png",
+        "reliability.png",
+        "examples.png",
+        "validation_curves.png",
+    ):
         assert (out / plot).stat().st_size > 1000, plot
     assert "epoch 1/1" in capsys.readouterr().out  # progress a person can follow
 
@@ -284,3 +291,16 @@ def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_
     assert resumed.keys() == reference.keys()
     different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
     assert not different, different[:5]
+
+
+def test_convergence_says_whether_the_curve_flattened():
+    rising = [(e, 0.1 * e) for e in range(1, 11)]  # +0.1 per epoch to the end
+    flat = [(e, min(0.1 * e, 0.6)) for e in range(1, 11)]  # at 0.6 from epoch 6
+    result = convergence(rising)
+    assert (result["best"], result["best_epoch"], result["tail_epochs"]) == (pytest.approx(1.0), 10, 2)
+    assert result["tail_gain"] == pytest.approx(0.2) and not result["flattened"]
+    result = convergence(flat)
+    assert result["tail_gain"] == pytest.approx(0.0) and result["flattened"]
+    noisy = [(1, 0.3), (2, 0.5), (3, 0.45), (4, 0.505), (5, 0.49)]  # last two: +0.005 over the best before
+    assert convergence(noisy)["flattened"]
+    assert not convergence([(1, 0.4), (2, 0.5)])["flattened"]  # too short to tell
