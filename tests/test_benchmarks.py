@@ -6,7 +6,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -57,3 +59,25 @@ def test_loss_benchmark_writes_every_loss(tmp_path):
     losses = {"bce", "soft_dice", "batch_dice", "ce_dice", "balanced_ce", "dbce_r5"}
     assert losses <= set(report["loss_ms"]) and all(report["loss_ms"][name] > 0 for name in losses)
     assert report["ratio_to_bce"]["bce"] == 1.0
+
+
+def test_mask_resize_loss_counts_vanishing_lesions(tmp_path, capsys):
+    module = load("mask_resize_loss")
+    disk = np.zeros((128, 128), dtype=bool)
+    yy, xx = np.mgrid[:128, :128]
+    disk[(yy - 60) ** 2 + (xx - 60) ** 2 <= 30**2] = True
+    speck = np.zeros((128, 128), dtype=bool)
+    speck[5, 5] = True  # one pixel: gone at a quarter of the size unless the grid hits it
+    speck[101, 101] = True  # torch nearest samples rows and columns 0, 4, 8, ...: both are off the grid
+    result = module.resize_loss([disk, speck, np.zeros((128, 128), dtype=bool)], 32)
+    assert result["images_with_lesion"] == 2 and result["lesions"] == 3
+    assert result["lesions_lost"] == 2 and result["images_lost"] == 1
+    assert result["area_kept"] == pytest.approx((disk.sum() + 0) / (disk.sum() + 2), rel=0.05)
+    same = module.resize_loss([disk, speck], 128)
+    assert same["area_kept"] == pytest.approx(1.0) and same["lesions_lost"] == 0
+
+    for index, mask in enumerate([disk, speck]):
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / f"m{index}.png")
+    module.main(str(tmp_path), sizes=[32])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["masks"] == 2 and lines[1]["lesions_lost"] == 2
