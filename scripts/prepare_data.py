@@ -6,6 +6,8 @@ Reads the official on-disk layouts, checks every file before writing anything, w
     python scripts/prepare_data.py polyp --kvasir_dir=DIR --endotect_dir=DIR --output_dir=DIR [--size=352]
     python scripts/prepare_data.py footulcer --fuseg_dir=DIR --output_dir=DIR [--size=512]
     python scripts/prepare_data.py hippocampus --hippocampus_dir=DIR --output_dir=DIR [--copy=False]
+    python scripts/prepare_data.py folder --train_dir=DIR --test_dir=DIR [--lesion_free_dir=DIR] --output_dir=DIR
+        [--mask_suffix=_mask] [--mask_rule=auto|nonzero|threshold] [--size=352]   # any 2D lesion dataset
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ class DataPreparationError(ValueError):
 
 @dataclass(frozen=True)
 class SourcePair:
-    """One image/mask pair of the input and where its copies go (`split` is "train" or "test")."""
+    """One image/mask pair of the input and where its copies go (`split` is "train" or "test"); `mask_path`
+    None is a lesion-free image without a mask file (`prepare_data.py folder`)."""
 
     image_path: Path
-    mask_path: Path
+    mask_path: Path | None
     split: str
     source: str
     lesion_free_folder: bool = False  # True for frames that are lesion-free by construction of the dataset
@@ -669,7 +672,14 @@ def prepare_hippocampus(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: one-line `error: ...` and exit status 1 on bad input."""
-    commands = {"polyp": prepare_polyp, "footulcer": prepare_footulcer, "hippocampus": prepare_hippocampus}
+    from scripts.prepare_folder import prepare_folder
+
+    commands = {
+        "polyp": prepare_polyp,
+        "footulcer": prepare_footulcer,
+        "hippocampus": prepare_hippocampus,
+        "folder": prepare_folder,
+    }
     try:
         fire.Fire(commands, command=list(argv) if argv is not None else None)
     except DataPreparationError as error:
@@ -678,4 +688,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the importable module, so that scripts/prepare_folder.py shares its classes (one DataPreparationError)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scripts.prepare_data import main as package_main
+
+    package_main()
