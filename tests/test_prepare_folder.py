@@ -198,3 +198,20 @@ def test_bad_input_is_named_and_nothing_is_written(break_input, tmp_path):
     assert_named_and_nothing_written(
         lambda: prepare_folder(**folders, output_dir=output_dir, size=32), fragments, output_dir
     )
+
+
+@pytest.mark.slow
+def test_readme_walkthrough_from_folders_to_a_report(tmp_path):
+    """README's "your own 2D dataset" commands, as written, on a tiny dataset (tiny training settings)."""
+    folders = suffix_dataset(tmp_path / "raw")
+    prepare = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "folder", "--mask_suffix=_mask"]
+    prepare += [f"--{key}={value}" for key, value in folders.items()]
+    prepare += [f"--output_dir={tmp_path / 'data'}", "--size=64"]
+    assert subprocess.run(prepare, capture_output=True, text=True, timeout=120).returncode == 0
+    study = [sys.executable, str(REPO / "scripts" / "run_study.py"), "polyp", f"--data_dir={tmp_path / 'data'}"]
+    study += [f"--output_dir={tmp_path / 'study'}", "--device=cpu", "--bundles=[ce,dice]", "--epochs=1"]
+    study += ["--batch_size=4", "--val_batch_size=4", "--num_workers=0", "--image_size=64"]
+    result = subprocess.run(study, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = (tmp_path / "study" / "results.md").read_text()
+    assert "### Paired differences to ce" in report and "| dice | 1 |" in report
