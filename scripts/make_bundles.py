@@ -1235,8 +1235,9 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 def results_table(spec: DatasetSpec, loss_name: str, results: dict | None) -> str:
     if not results:
         return (
-            "Pending: no GPU run of this bundle on the real data has been recorded yet "
-            f"(`bundles/results/{spec.name}.json` holds measured results once they exist)."
+            "Pending: no run of this bundle on the real data has been recorded yet "
+            f"(`bundles/results/{spec.name}.json` holds measured results once they exist, written by "
+            "`scripts/publish_results.py`)."
         )
     rows = "\n".join(f"| {key} | {value} |" for key, value in results.items() if key != "measured_with")
     return f"Measured with: {results.get('measured_with', 'unknown')}\n\n| metric | value |\n|---|---|\n{rows}"
@@ -1290,7 +1291,7 @@ def index_readme() -> str:
             measured = results.get(loss_name) or {}
             dice = measured.get("dice_lesion", "pending")
             fp_rate = measured.get("lesion_free_fp_rate", "pending")
-            source = measured.get("measured_with", "no GPU run yet")
+            source = measured.get("measured_with", "no real-data run yet")
             lines.append(
                 f"| [{spec.name}_{loss_name}]({spec.name}_{loss_name}/docs/README.md) | {spec.title} | "
                 f"{loss.title} | {dice} | {fp_rate} | {source} |"

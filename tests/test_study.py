@@ -304,3 +304,29 @@ def test_convergence_says_whether_the_curve_flattened():
     noisy = [(1, 0.3), (2, 0.5), (3, 0.45), (4, 0.505), (5, 0.49)]  # last two: +0.005 over the best before
     assert convergence(noisy)["flattened"]
     assert not convergence([(1, 0.4), (2, 0.5)])["flattened"]  # too short to tell
+
+
+def test_publish_copies_the_report_but_no_data_images(tmp_path):
+    from scripts.publish_results import bundle_results, publish
+
+    study = tmp_path / "study"
+    write_run(study, "polyp_ce", 0, 1, fake_summary(0.8, 0.1, 0.1), per_image([0.7, 0.8], [False, True]))
+    write_run(study, "polyp_dice", 0, 1, fake_summary(0.7, 0.9, 0.3), per_image([0.6, 0.8], [True, True]))
+    write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="unit")
+    (study / "examples.png").write_bytes(b"an image of the data")
+    page = publish(
+        str(study), "polyp", "polyp_unit", "CPU reduced scale", "a 2-core CPU", "python x", "1 min",
+        docs_dir=str(tmp_path / "docs"), bundle_results_dir=str(tmp_path / "results"),
+    )  # fmt: skip
+    published = tmp_path / "docs" / "polyp_unit"
+    assert sorted(p.name for p in (published / "per_image").iterdir()) == [
+        "polyp_ce_seed0_fold1_per_image.csv",
+        "polyp_dice_seed0_fold1_per_image.csv",
+    ]
+    assert (published / "dice_vs_lesion_free_fp.png").is_file() and not (published / "examples.png").exists()
+    text = page.read_text()
+    assert "`python x`" in text and "a 2-core CPU" in text and "### Paired differences to ce" in text
+    results = json.loads((tmp_path / "results" / "polyp.json").read_text())
+    assert results["dice"]["dice_lesion"] == "0.700" and results["dice"]["lesion_free_fp_rate"] == "0.900"
+    assert results["ce"]["measured_with"] == "CPU reduced scale; a 2-core CPU; docs/results/polyp_unit.md"
+    assert bundle_results(study / "results.csv", "x")["ce"]["runs"] == 1
