@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, handlers, metrics, networks
+from . import augment, data, errors, handlers, inference, metrics, networks
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -30,8 +30,10 @@ __all__ = [
     "data",
     "dilate",
     "dilated_regions",
+    "errors",
     "finetune_alpha",
     "handlers",
+    "inference",
     "linear_alpha",
     "metrics",
     "networks",

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from .errors import InputError, InputNotFoundError
+
 MASK_THRESHOLD = 127  # 2D masks: pixels > 127 (after conversion to grayscale) are lesion
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset file that the bundles cannot use; the message names the file and the problem."""
+
+
+class DataNotFoundError(DataError, InputNotFoundError):
+    """A dataset folder, datalist or listed file that does not exist."""
 
 
 def _is_nifti(path: str) -> bool:
@@ -100,25 +106,26 @@ def load_split(
 ) -> list[dict]:
     """Items of ``split`` (``training`` or ``test``) with paths resolved against ``dataset_dir``.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file and the problem: missing or empty
-    ``dataset_dir``, missing datalist, missing split, an entry whose image or label file does not exist,
-    and with ``check`` every problem :func:`check_items` finds.
+    Raises :class:`DataNotFoundError` (a ``FileNotFoundError``) or :class:`DataError` (a ``ValueError``)
+    naming the file and the problem: missing or empty ``dataset_dir``, missing datalist, missing split, an
+    entry whose image or label file does not exist, and with ``check`` every problem :func:`check_items`
+    finds.
     """
     dataset_dir, datalist_file = Path(dataset_dir), Path(datalist_file)
     if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset_dir {dataset_dir} does not exist (prepare it with scripts/prepare_data.py)")
+        raise DataNotFoundError(f"dataset_dir {dataset_dir} does not exist (prepare it with scripts/prepare_data.py)")
     if not any(dataset_dir.iterdir()):
-        raise FileNotFoundError(f"dataset_dir {dataset_dir} is empty (prepare it with scripts/prepare_data.py)")
+        raise DataNotFoundError(f"dataset_dir {dataset_dir} is empty (prepare it with scripts/prepare_data.py)")
     if not datalist_file.is_file():
-        raise FileNotFoundError(f"datalist {datalist_file} does not exist (prepare it with scripts/prepare_data.py)")
+        raise DataNotFoundError(f"datalist {datalist_file} does not exist (prepare it with scripts/prepare_data.py)")
     try:
         items = load_decathlon_datalist(datalist_file, data_list_key=split, base_dir=dataset_dir)
     except ValueError as error:
-        raise ValueError(f"datalist {datalist_file}: {error}") from error
+        raise DataError(f"datalist {datalist_file}: {error}") from error
     for index, item in enumerate(items):
         for key in ("image", "label"):
             if key in item and not Path(item[key]).is_file():
-                raise FileNotFoundError(f"datalist {datalist_file}: {split}[{index}] {key} {item[key]} does not exist")
+                raise DataNotFoundError(f"datalist {datalist_file}: {split}[{index}] {key} {item[key]} does not exist")
     if check:
         check_items(items, num_classes)
     return items
@@ -139,9 +146,9 @@ def fold_split(
     items = load_split(datalist_file, dataset_dir, "training", check=False)
     folds = sorted({item.get("fold") for item in items if "fold" in item})
     if not folds:
-        raise ValueError(f"datalist {datalist_file}: training items carry no 'fold' key")
+        raise DataError(f"datalist {datalist_file}: training items carry no 'fold' key")
     if fold not in folds:
-        raise ValueError(f"fold {fold!r} does not exist in {datalist_file}: folds are {folds}")
+        raise DataError(f"fold {fold!r} does not exist in {datalist_file}: folds are {folds}")
     chosen = [item for item in items if (item.get("fold") == fold) == (role == "validate")]
     if check:
         check_items(chosen, num_classes)

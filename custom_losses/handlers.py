@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
 from .atomic import write_csv_atomic, write_json_atomic
+from .errors import InputError, InputNotFoundError
 from .metrics import ReliabilityHistogram, image_metrics, summarize, summarize_volumes, volume_metrics
 
 CSV_FIELDS = [
@@ -129,11 +130,16 @@ class LesionMetricsWriter(_EvaluationWriter):
         return summary
 
 
+def existing_checkpoint(path: str | os.PathLike) -> str:
+    """``path`` when the checkpoint file exists, else a one-line input error (for ``CheckpointLoader``)."""
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"checkpoint {path} does not exist (train this fold first)")
+    return str(path)
+
+
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a checkpoint written by MONAI's ``CheckpointSaver`` (plain or ``{"model": ...}``) into ``network``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train this fold first)")
+    path = existing_checkpoint(path)
     state = torch.load(path, map_location=device, weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -333,13 +339,13 @@ def load_pretrained_weights(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint to fine-tune from {path} does not exist")
+        raise InputNotFoundError(f"checkpoint to fine-tune from {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     _, updated, unchanged = copy_model_state(network, state, inplace=True)
     if not updated:
-        raise ValueError(f"checkpoint {path} has no tensor that fits the network: is it the right model?")
+        raise InputError(f"checkpoint {path} has no tensor that fits the network: is it the right model?")
     logging.getLogger(__name__).info(
         "fine-tuning from %s: %d tensors loaded, %d kept fresh%s",
         path,

@@ -558,9 +558,15 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     return config
 
 
+# first in every ``initialize``: an input error ends the run with its one line last (custom_losses.errors)
+ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
+
+
 def training_initialization() -> list[str]:
-    """Seed everything; cuDNN autotuning (among deterministic algorithms) unless ``cudnn_benchmark`` is false."""
+    """Report input errors in one line; seed everything; cuDNN autotuning (among deterministic algorithms)
+    unless ``cudnn_benchmark`` is false."""
     return [
+        ERROR_REPORT,
         expr("monai.utils.set_determinism(seed=@seed)"),
         expr("setattr(torch.backends.cudnn, 'benchmark', @cudnn_benchmark)"),
     ]
@@ -717,7 +723,7 @@ def evaluate_config(spec: DatasetSpec) -> dict:
 # loads the model of `checkpoint` before an evaluation or inference run
 CHECKPOINT_LOADER = {
     "_target_": "CheckpointLoader",
-    "load_path": "@checkpoint",
+    "load_path": expr("custom_losses.handlers.existing_checkpoint(@checkpoint)"),
     "load_dict": {"model": "@network"},
     "map_location": "@device",
 }
@@ -737,7 +743,7 @@ def fold_evaluation(writer: str, writer_args: dict) -> dict:
                 "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
             },
         ],
-        "initialize": ["$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
+        "initialize": [ERROR_REPORT, "$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
         "run": [expr("@validate#evaluator.run()")],
     }
 
@@ -784,6 +790,7 @@ def _inference_engine() -> dict:
         "handlers": [
             CHECKPOINT_LOADER,
             {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "custom_losses.inference.ManifestUpdater", "prediction_dir": "@prediction_dir"},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
@@ -796,17 +803,18 @@ def _inference_engine() -> dict:
             "amp": "@amp",
             "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
-        "initialize": [expr("monai.utils.set_determinism(seed=0)")],
+        "initialize": [ERROR_REPORT, expr("monai.utils.set_determinism(seed=0)")],
         "run": [expr("@evaluator.run()")],
     }
 
 
 def inference_config(spec: DatasetSpec) -> dict:
     """Standalone: every image in ``input_dir`` -> its prediction in ``prediction_dir``, at the input's own size:
-    a 0/255 PNG mask (2D) or a label volume with the input's affine (3D NIfTI)."""
+    a 0/255 PNG mask (2D) or a label volume with the input's affine (3D NIfTI). Every file is checked first;
+    bad ones are skipped (``strict``: the run stops before predicting), all listed in ``manifest.csv``."""
     config = common_config(spec)
     if spec.kind == "mri3d":
-        patterns, extra = ("*.nii.gz", "*.nii"), {}
+        kind, extra = "3d", {}
         preprocessing = [
             {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
@@ -826,10 +834,11 @@ def inference_config(spec: DatasetSpec) -> dict:
                 "output_dtype": expr("numpy.uint8"),
                 "separate_folder": False,
                 "resample": False,
+                "writer": expr("custom_losses.inference.AtomicNibabelWriter"),
             },
         ]
     else:
-        patterns, extra = ("*.jpg", "*.jpeg", "*.png"), {"threshold": 0.5}
+        kind, extra = "2d", {"threshold": 0.5}
         image_loading = load_transforms(spec)[0]
         preprocessing = [
             image_loading,
@@ -866,18 +875,20 @@ def inference_config(spec: DatasetSpec) -> dict:
                 "scale": 255,
                 "separate_folder": False,
                 "resample": False,
-                "writer": "PILWriter",
+                "writer": expr("custom_losses.inference.AtomicPILWriter"),
             },
         ]
-    found = " + ".join(f"glob.glob(os.path.join(@input_dir, '{pattern}'))" for pattern in patterns)
     config.update(
         {
-            "imports": config["imports"] + ["$import glob", "$import numpy"],
+            "imports": config["imports"] + ["$import numpy"],
             "input_dir": "@bundle_root",
             "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
             "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
             **extra,
-            "datalist": expr(f"[{{'image': f}} for f in sorted({found})]"),
+            "strict": False,
+            "datalist": expr(
+                f"custom_losses.inference.inference_items(@input_dir, @prediction_dir, strict=@strict, kind='{kind}')"
+            ),
             "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
             "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
             "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},

@@ -133,8 +133,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def _run_child(command: list[str], log_path: Path, label: str, started: float, runs_left: int) -> int:
-    """Run one child process, tee its output to ``log_path`` and print epoch progress with time left."""
+def _run_child(command: list[str], log_path: Path, label: str, started: float, runs_left: int) -> tuple[int, str]:
+    """Run one child process, tee its output to ``log_path`` and print epoch progress with time left.
+
+    Returns the exit status and the child's last ``error: ...`` line (an input error, see
+    custom_losses.errors), or "" when it printed none."""
+    last_error = ""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     run_start = time.time()
     last_report = 0.0
@@ -157,9 +161,17 @@ def _run_child(command: list[str], log_path: Path, label: str, started: float, r
                     flush=True,
                 )
                 last_report = time.time()
+            elif line.startswith("error: "):
+                last_error = line.strip()
             elif line.startswith("stage: "):
                 print(f"  {label}: {line[7:].strip()}", flush=True)
-    return child.returncode
+    return child.returncode, last_error
+
+
+def _outcome(code: int, error_line: str) -> str:
+    if code == 0:
+        return "ok"
+    return f"failed (exit {code})" + (f": {error_line}" if error_line else "")
 
 
 def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
@@ -296,9 +308,9 @@ def study(
         if examples_dir:
             command += ["--examples_dir", str(examples_dir)]
         run_start = time.time()
-        code = _run_child(command, run_dir / f"fold{fold}.log", label, started, len(jobs) - index - 1)
+        code, error_line = _run_child(command, run_dir / f"fold{fold}.log", label, started, len(jobs) - index - 1)
         seconds = round(time.time() - run_start, 1)
-        status[key] = {"status": "ok" if code == 0 else f"failed (exit {code})", "seconds": seconds}
+        status[key] = {"status": _outcome(code, error_line), "seconds": seconds}
         print(f"{label}: {status[key]['status']} in {_format_seconds(seconds)}", flush=True)
 
     if ensemble:
@@ -311,14 +323,19 @@ def study(
                 command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
                 command += ["--fold", "0", "--overrides", json.dumps({**settings, "seed": seed})]
                 command += ["--ensemble_folds", json.dumps(folds)]
-                code = _run_child(command, run_dir / "ensemble.log", f"{name} seed {seed} ensemble", started, 0)
-                status[f"{name}/seed{seed}/ensemble"] = {"status": "ok" if code == 0 else f"failed (exit {code})"}
+                code, error_line = _run_child(
+                    command, run_dir / "ensemble.log", f"{name} seed {seed} ensemble", started, 0
+                )
+                status[f"{name}/seed{seed}/ensemble"] = {"status": _outcome(code, error_line)}
 
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
     write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
     print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs)", file=sys.stderr)
+        reasons = {status[key]["status"].split(": ", 1)[1] for key in failed if ": " in status[key]["status"]}
+        if len(reasons) == 1:  # the same input error everywhere: its one line last
+            print(reasons.pop(), file=sys.stderr)
     return 1 if failed else 0
 
 
