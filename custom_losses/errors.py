@@ -9,8 +9,10 @@ as the last line, the full traceback kept in a file (or printed, with ``LESION_L
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -51,7 +53,8 @@ def install_error_report(output_dir: str | os.PathLike | None = None) -> None:
     """Make an uncaught :class:`InputError` end the process with its one line last (exit status 1).
 
     The full traceback goes to ``<output_dir>/logs/error_traceback.txt`` (printed instead with
-    ``LESION_LOSS_DEBUG=1``). Other exceptions keep Python's usual report. Installing twice is harmless.
+    ``LESION_LOSS_DEBUG=1``). Under torchrun the line also becomes the rank's root cause in torchrun's
+    summary. Other exceptions keep Python's usual report. Installing twice is harmless.
     """
     previous = sys.excepthook
     if getattr(previous, "lesion_loss_report", False):
@@ -69,8 +72,23 @@ def install_error_report(output_dir: str | os.PathLike | None = None) -> None:
                 traceback_file.write_text("".join(traceback.format_exception(exc_type, exc, tb)))
             except OSError:
                 traceback_file = None
+        lines = report_lines(exc, traceback_file)
         sys.stdout.flush()
-        print("\n".join(report_lines(exc, traceback_file)), file=sys.stderr, flush=True)
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        _tell_torchrun(lines[-1])
 
-    report.lesion_loss_report = True
+    report.lesion_loss_report = True  # type: ignore[attr-defined]
     sys.excepthook = report
+
+
+def _tell_torchrun(line: str) -> None:
+    """Under torchrun, put the line into the rank's error file: torchrun's failure summary, printed after
+    every rank's output, then shows it as the root cause instead of a pointer to its docs."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return
+    try:
+        with open(error_file, "w") as handle:
+            json.dump({"message": line, "timestamp": int(time.time())}, handle)
+    except OSError:
+        pass

@@ -171,3 +171,20 @@ def test_study_runner_ends_with_the_input_error(prepared, tmp_path):
     assert result.returncode == 1
     assert last_line(result).startswith(f"error: image {victim} is unreadable or corrupt")
     assert "failed (exit 1): error: image" in result.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_the_input_error_and_do_not_hang(prepared, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "bundle"))
+    data = Path(shutil.copytree(prepared, tmp_path / "data"))
+    victim = sorted((data / "train" / "images").glob("*.png"))[-1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    command += ["--config_file", "['configs/train.json','configs/multi_gpu_train.json']", "--dataset_dir", str(data)]
+    command += ["--epochs", "1", "--device", "cpu", "--num_workers", "0", "--image_size", "32"]
+    result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    root_cause = output.split("Root Cause")[-1]
+    assert f"traceback : error: image {victim} is unreadable or corrupt" in root_cause
+    assert output.count(f"error: image {victim}") >= 2  # each rank said it
