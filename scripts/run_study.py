@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importabl
     sys.path.insert(0, str(REPO))
 
 from scripts.make_bundles import DATASETS as DATASET_SPECS  # noqa: E402
+from scripts.study_comparison import ReportInputError  # noqa: E402
 from scripts.study_report import discover_runs, run_path, write_report  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         study_command.__signature__ = inspect.signature(study)
         fire.Fire(study_command, command=argv, name="run_study.py")
         return exit_codes[0] if exit_codes else 0
-    except StudyError as error:
+    except (StudyError, ReportInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

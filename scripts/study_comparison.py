@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from custom_losses.comparison import holm, mcnemar_exact, mean_ci, paired_difference
+from custom_losses.handlers import CSV_FIELDS
 
 
 def _number(text: str) -> float:
@@ -134,7 +135,12 @@ def read_runs(paths: list[Path]) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     for path in paths:
         with open(path, newline="") as handle:
-            for index, row in enumerate(csv.DictReader(handle)):
+            reader = csv.DictReader(handle)
+            required = set(CSV_FIELDS) if path.name == "per_image.csv" else {"image"}
+            missing = sorted(required - set(reader.fieldnames or []))
+            if missing:
+                raise ReportInputError(f"{path}: columns {', '.join(missing)} missing (truncated or not a metrics CSV)")
+            for index, row in enumerate(reader):
                 name = row.get("image")
                 if not name:
                     raise ReportInputError(f"{path}: row {index + 2} has no image name")

@@ -154,12 +154,14 @@ def per_image(dice: list[float], free_with_lesion: list[bool], area_error: float
     rows = []
     for i, value in enumerate(dice):
         rows.append(
-            {"image": f"lesion{i}.png", "lesion_free": False, "dice": value, "iou": value / 2, "pred_empty": False}
-            | {"fp_area_fraction": 0.0, "area_error_hard": area_error, "area_error_soft": area_error * 2}
+            {"image": f"lesion{i}.png", "lesion_free": False, "has_lesion": True, "dice": value, "iou": value / 2}
+            | {"true_area": 100, "pred_area": 110, "soft_area": 120.0, "pred_empty": False, "fp_area_fraction": 0.0}
+            | {"area_error_hard": area_error, "area_error_soft": area_error * 2}
         )
     for i, flag in enumerate(free_with_lesion):
         rows.append(
-            {"image": f"free{i}.png", "lesion_free": True, "dice": float(not flag), "iou": float(not flag)}
+            {"image": f"free{i}.png", "lesion_free": True, "has_lesion": False, "dice": float(not flag)}
+            | {"iou": float(not flag), "true_area": 0, "pred_area": 5 * flag, "soft_area": 6.0 * flag}
             | {"pred_empty": not flag, "fp_area_fraction": 0.02 if flag else 0.0}
             | {"area_error_hard": "", "area_error_soft": ""}
         )
@@ -191,7 +193,7 @@ def test_report_means_stds_and_best_marks(tmp_path):
     assert "### Fold ensemble" in table
 
 
-def test_report_paired_differences_over_seeds(tmp_path):
+def test_report_paired_differences_over_seeds(tmp_path, capsys):
     """Two seeds per loss: image values are averaged over runs, then compared with ce image by image."""
     rng = np.random.default_rng(0)
     ce_dice = rng.uniform(0.6, 0.9, size=40)
@@ -240,6 +242,13 @@ def test_report_paired_differences_over_seeds(tmp_path):
 
     write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1], reference="focal")
     assert "the reference loss 'focal' has no evaluated run" in (tmp_path / "results.md").read_text()
+
+    # a truncated per-image CSV: one line naming it, from the report command
+    broken = tmp_path / "runs" / "polyp_twin" / "seed1" / "eval" / "fold1" / "per_image.csv"
+    broken.write_text(broken.read_text().splitlines()[0].rsplit(",", 3)[0] + "\n")
+    assert run_study.main(["report", f"--output_dir={tmp_path}"]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"error: {broken}: columns ") and "missing" in message and "\n" not in message
 
 
 @pytest.mark.slow
