@@ -68,7 +68,13 @@ def _check_nifti_pair(image_path: str, label_path: str, num_classes: int) -> Non
         values = np.unique(np.asarray(label.dataobj))
     except Exception as error:
         raise DataError(f"label {label_path} is unreadable or corrupt: {error}") from error
-    if image.shape[:3] != label.shape[:3]:
+    spatial = image.shape[:3] if len(image.shape) == 3 or image.shape[3:] == (1,) else None
+    if len(image.shape) < 3 or spatial is None:
+        raise DataError(f"image {image_path} has shape {image.shape}: expected one 3D volume")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(f"image {image_path} has no usable orientation: its affine is not finite or not invertible")
+    if spatial != label.shape[:3]:
         raise DataError(f"label {label_path} has shape {label.shape} but image {image_path} has {image.shape}")
     unknown = [v.item() for v in values if v not in range(num_classes)]
     if unknown:

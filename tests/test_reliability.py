@@ -131,6 +131,17 @@ def test_nifti_label_with_unknown_class(tmp_path):
     with pytest.raises(DataError, match=r"short.nii.gz has shape \(5, 7, 5\)"):
         check_items([{"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "short.nii.gz")}], num_classes=3)
 
+    good_label = str(tmp_path / "good.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(np.stack([image, image], -1), np.eye(4)), tmp_path / "series.nii.gz")
+    with pytest.raises(DataError, match=r"series.nii.gz has shape \(6, 7, 5, 2\): expected one 3D volume"):
+        check_items([{"image": str(tmp_path / "series.nii.gz"), "label": good_label}], num_classes=3)
+    flat = nibabel.Nifti1Image(image, None)
+    flat.header.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)
+    flat.header.set_qform(None, code=0)
+    nibabel.save(flat, tmp_path / "flat.nii.gz")
+    with pytest.raises(DataError, match=r"flat.nii.gz has no usable orientation"):
+        check_items([{"image": str(tmp_path / "flat.nii.gz"), "label": good_label}], num_classes=3)
+
 
 class NaNAfterLoss(CrossEntropyLoss):
     """CE that turns NaN after ``after`` calls: a training run that goes wrong on purpose."""
