@@ -69,7 +69,8 @@ def install_error_report(output_dir: str | os.PathLike | None = None) -> None:
             try:
                 traceback_file = Path(output_dir) / "logs" / TRACEBACK_FILE
                 traceback_file.parent.mkdir(parents=True, exist_ok=True)
-                traceback_file.write_text("".join(traceback.format_exception(exc_type, exc, tb)))
+                reason = report_lines(exc, None)[-1]  # the one line first, then the whole story
+                traceback_file.write_text(reason + "\n\n" + "".join(traceback.format_exception(exc_type, exc, tb)))
             except OSError:
                 traceback_file = None
         lines = report_lines(exc, traceback_file)

@@ -75,7 +75,8 @@ def test_training_on_a_missing_or_corrupt_dataset_ends_with_one_line(prepared, t
         "scripts/prepare_data.py)"
     )
     assert "Traceback" not in missing.stderr  # kept in the file instead
-    assert "Failed to evaluate" in (bundle / "logs" / "error_traceback.txt").read_text()
+    kept = (bundle / "logs" / "error_traceback.txt").read_text()
+    assert kept.startswith(last_line(missing)) and "Failed to evaluate" in kept
 
     data = Path(shutil.copytree(prepared, tmp_path / "data"))
     victim = sorted((data / "train" / "images").glob("*.png"))[0]
