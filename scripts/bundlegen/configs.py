@@ -1,0 +1,772 @@
+"""The bundle configs: train, evaluate, evaluate_ensemble, inference, finetune, multi-GPU train, logging."""
+
+from __future__ import annotations
+
+import copy
+
+from .specs import LOSSES, DatasetSpec
+
+
+def expr(text: str) -> str:
+    """A MONAI config expression."""
+    return "$" + text
+
+
+def from_engine(keys: list[str], first: bool = False) -> str:
+    return expr(f"monai.handlers.from_engine({keys!r}{', first=True' if first else ''})")
+
+
+def decollates(spec: DatasetSpec) -> bool:
+    """Whether the training engines split batches into items (3D); 2D post-processes whole batches, which
+    saves about 11 ms of Python per batch of 16 (measured on CPU: benchmarks/throughput.py, README)."""
+    return spec.kind == "mri3d"
+
+
+def loss_output(spec: DatasetSpec) -> str:
+    """The training loss from ``engine.state.output``: a list of items, or one dict of batch tensors."""
+    return from_engine(["loss"], True) if decollates(spec) else expr("lambda output: output['loss']")
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def load_transforms_3d() -> list[dict]:
+    """Deterministic 3D part: read NIfTI, z-score the image per volume, pad/crop to ``spatial_size``."""
+    return [
+        {"_target_": "LoadImaged", "keys": ["image", "label"], "reader": "NibabelReader", "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {"_target_": "NormalizeIntensityd", "keys": "image"},
+        {"_target_": "ResizeWithPadOrCropd", "keys": ["image", "label"], "spatial_size": "@spatial_size"},
+        {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": expr("torch.float32")},
+    ]
+
+
+def augmentations_3d() -> list[dict]:
+    """Small rotations and scaling, intensity jitter; no flips (they would swap anterior and posterior)."""
+    keys = ["image", "label"]
+    return [
+        {
+            "_target_": "RandAffined",
+            "keys": keys,
+            "prob": 0.5,
+            "rotate_range": [0.15, 0.15, 0.15],
+            "scale_range": [0.1, 0.1, 0.1],
+            "mode": ["bilinear", "nearest"],
+            "padding_mode": "zeros",
+        },
+        {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
+        {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+        {"_target_": "RandGaussianNoised", "keys": "image", "std": 0.05, "prob": 0.3},
+    ]
+
+
+def load_transforms(spec: DatasetSpec) -> list[dict]:
+    """Deterministic part: read, scale to [0, 1], binarize the mask at > 127, resize. Cached by CacheDataset."""
+    if spec.kind == "mri3d":
+        return load_transforms_3d()
+    return [
+        {
+            "_target_": "LoadImaged",
+            "keys": "image",
+            "reader": "PILReader",
+            "converter": expr("lambda image: image.convert('RGB')"),
+            "image_only": True,
+        },
+        {
+            "_target_": "LoadImaged",
+            "keys": "label",
+            "reader": "PILReader",
+            "converter": expr("lambda image: image.convert('L')"),
+            "image_only": True,
+        },
+        {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
+        {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": 0.0,
+            "a_max": 255.0,
+            "b_min": 0.0,
+            "b_max": 1.0,
+            "clip": True,
+        },
+        {"_target_": "AsDiscreted", "keys": "label", "threshold": 127.5},
+        {
+            "_target_": "Resized",
+            "keys": ["image", "label"],
+            "spatial_size": "@spatial_size",
+            "mode": ["area", "nearest"],
+        },
+        {"_target_": "EnsureTyped", "keys": ["image", "label"], "dtype": expr("torch.float32")},
+    ]
+
+
+def batch_augmentation() -> dict:
+    """2D random part, on the whole batch on the device: the distributions of MONAI's RandFlipd (each axis),
+    RandAffined (rotation, scale), RandScaleIntensityd (per channel), RandShiftIntensityd, RandAdjustContrastd."""
+    return {
+        "_target_": "custom_losses.augment.BatchAugmentation",
+        "flip_prob": 0.5,
+        "affine_prob": 0.5,
+        "rotate_range": 0.5,
+        "scale_range": 0.2,
+        "intensity_prob": 0.5,
+        "scale_intensity": 0.15,
+        "shift_intensity": 0.1,
+        "gamma": [0.7, 1.5],
+    }
+
+
+def to_device(track_meta: bool) -> dict:
+    """Last cached transform of a 2D pipeline: the cache lives on the training device."""
+    return {"_target_": "EnsureTyped", "keys": ["image", "label"], "device": "@device", "track_meta": track_meta}
+
+
+def common_config(spec: DatasetSpec) -> dict:
+    """Ids shared by train, evaluate and inference: paths, device, network."""
+    return {
+        "imports": ["$import copy", "$import os", "$import torch", "$import monai", "$import custom_losses"],
+        "bundle_root": ".",
+        "output_dir": "@bundle_root",
+        "fold": 1,
+        "ckpt_dir": expr("os.path.join(@output_dir, 'models', 'fold' + str(@fold))"),
+        "device": expr("torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"),
+        "amp": expr("torch.device(@device).type == 'cuda'"),
+        "num_classes": 1 + len(spec.class_names),  # background included
+        "class_names": {str(index): name for index, name in spec.class_names},
+        **spatial_size_and_network(spec),
+        "memory_format": expr("torch.contiguous_format" if spec.kind == "mri3d" else "torch.channels_last"),
+        "network": expr("@network_def.to(@device, memory_format=@memory_format)"),
+    }
+
+
+def spatial_size_and_network(spec: DatasetSpec) -> dict:
+    if spec.kind == "mri3d":
+        return {
+            "spatial_size": list(spec.spatial_size_3d),
+            "network_def": {
+                "_target_": "monai.networks.nets.UNet",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": "@num_classes",
+                "channels": [16, 32, 64, 128, 256],
+                "strides": [2, 2, 2, 2],
+                "num_res_units": 2,
+                "norm": "batch",
+            },
+        }
+    return {
+        "image_size": spec.image_size,
+        "spatial_size": expr("[@image_size, @image_size]"),
+        "network_def": {
+            "_target_": "custom_losses.networks.ScriptableFlexibleUNet",
+            "in_channels": 3,
+            "out_channels": 1,
+            "backbone": spec.backbone,
+            "pretrained": False,
+            "spatial_dims": 2,
+        },
+    }
+
+
+def hard_postprocessing(spec: DatasetSpec) -> dict:
+    """Prediction (and label) in the form MONAI's Dice metric takes: binary, or one-hot for softmax."""
+    if spec.kind == "mri3d":
+        transforms = [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {
+                "_target_": "AsDiscreted",
+                "keys": ["pred", "label"],
+                "argmax": [True, False],
+                "to_onehot": "$[@num_classes, @num_classes]",
+            },
+        ]
+    else:
+        transforms = [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        ]
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def dice_metric(spec: DatasetSpec) -> dict:
+    return {
+        "_target_": "MeanDice",
+        "include_background": spec.kind != "mri3d",  # one sigmoid channel is the lesion itself
+        "output_transform": from_engine(["pred", "label"]),
+    }
+
+
+def train_config(spec: DatasetSpec, loss_name: str) -> dict:
+    loss = LOSSES[loss_name]
+    config = common_config(spec)
+    config.update(
+        {
+            "dataset_dir": f"/workspace/data/{spec.name}",
+            "datalist_file": expr("os.path.join(@dataset_dir, 'datalist.json')"),
+            "log_dir": expr("os.path.join(@output_dir, 'logs', 'fold' + str(@fold))"),
+            "seed": 0,
+            "epochs": spec.epochs,
+            "batch_size": spec.batch_size,
+            "val_batch_size": spec.batch_size,
+            "num_workers": 4,
+            "cache_rate": 1.0,
+            "cudnn_benchmark": True,
+            "learning_rate": spec.learning_rate,
+            "weight_decay": 1e-4,
+            "val_interval": 1,
+            "resume": False,
+            "resume_checkpoint_interval_s": 60,
+            **({"dbce_radius": spec.dbce_radius} if loss_name == "dbce" else {}),
+            **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
+            **spec.extra_defaults,
+            "loss": copy.deepcopy(loss.config),
+            "optimizer": {
+                "_target_": "torch.optim.AdamW",
+                "params": expr("@network.parameters()"),
+                "lr": "@learning_rate",
+                "weight_decay": "@weight_decay",
+            },
+            "lr_scheduler": {
+                "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "optimizer": "@optimizer",
+                "T_max": "@epochs",
+            },
+        }
+    )
+    post = hard_postprocessing(spec)
+    # Schedulers first; the last RANK0_TRAIN_HANDLERS (logging, checkpoints) run on rank 0 only under DDP.
+    training_state = {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
+    handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
+    if loss.schedule:
+        handlers.append(
+            {
+                "_target_": "custom_losses.alpha_scheduler",
+                "loss": "@loss",
+                "schedule": "@alpha_schedule",
+                "epochs": "@epochs",
+            }
+        )
+    handlers += [
+        {
+            "_target_": "custom_losses.handlers.ResumeFromLatestCheckpoint",
+            "enabled": "@resume",
+            "ckpt_dir": "@ckpt_dir",
+            "load_dict": training_state,
+            "map_location": "@device",
+        },
+        {"_target_": "custom_losses.handlers.StopOnNonFiniteLoss", "ckpt_dir": "@ckpt_dir"},
+        {
+            "_target_": "ValidationHandler",
+            "validator": "@validate#evaluator",
+            "epoch_level": True,
+            "interval": "@val_interval",
+        },
+        {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": loss_output(spec)},
+        {
+            "_target_": "TensorBoardStatsHandler",
+            "log_dir": "@log_dir",
+            "tag_name": "train_loss",
+            "output_transform": loss_output(spec),
+        },
+        {
+            "_target_": "custom_losses.handlers.EpochCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": training_state,
+            "min_interval_s": "@resume_checkpoint_interval_s",
+        },
+        {
+            "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": {"model": "@network"},
+            "save_final": True,
+            "final_filename": "model_final.pt",
+        },
+    ]
+    config["train"] = {
+        "datalist": expr(
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train', num_classes=@num_classes)"
+        ),
+        **train_data_pipeline(spec),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": post,
+        "handlers": handlers,
+        "key_metric": {"train_mean_dice": dice_metric(spec)},
+        "trainer": {
+            "_target_": "SupervisedTrainer",
+            "device": "@device",
+            "max_epochs": "@epochs",
+            "train_data_loader": "@train#dataloader",
+            "network": "@network",
+            "optimizer": "@optimizer",
+            "loss_function": "@loss",
+            "inferer": "@train#inferer",
+            "postprocessing": "@train#postprocessing",
+            "key_train_metric": "@train#key_metric",
+            "train_handlers": "@train#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+            **({} if spec.kind == "mri3d" else {"prepare_batch": "@train#augmentation"}),
+            **({} if decollates(spec) else {"decollate": False}),
+        },
+    }
+    config["validate"] = {
+        "datalist": expr(
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate', num_classes=@num_classes)"
+        ),
+        **validate_data_pipeline(spec),
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": "%train#postprocessing",
+        "handlers": [
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
+            {
+                "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
+                "save_dir": "@ckpt_dir",
+                "save_dict": {"model": "@network"},
+                "save_key_metric": True,
+                "key_metric_filename": "model.pt",
+            },
+        ],
+        "key_metric": {"val_mean_dice": dice_metric(spec)},
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "network": "@network",
+            "inferer": "@validate#inferer",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+            **({} if decollates(spec) else {"decollate": False}),
+        },
+    }
+    config["initialize"] = training_initialization()
+    config["run"] = [expr("@train#trainer.run()")]
+    return config
+
+
+# first in every ``initialize``: an input error ends the run with its one line last (custom_losses.errors)
+ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
+
+
+def training_initialization() -> list[str]:
+    """Report input errors in one line; seed everything; cuDNN autotuning (among deterministic algorithms)
+    unless ``cudnn_benchmark`` is false."""
+    return [
+        ERROR_REPORT,
+        expr("monai.utils.set_determinism(seed=@seed)"),
+        expr("setattr(torch.backends.cudnn, 'benchmark', @cudnn_benchmark)"),
+    ]
+
+
+def train_data_pipeline(spec: DatasetSpec) -> dict:
+    """Cached deterministic transforms, then the random part.
+
+    3D: MONAI's per-volume random transforms in data-loader processes (small volumes). 2D: the cache holds
+    the resized images on the training device, a thread assembles batches, and ``BatchAugmentation``
+    augments each whole batch there (MONAI's per-image transforms on the CPU cannot keep up with a GPU).
+    """
+    if spec.kind == "mri3d":
+        return {
+            "deterministic_transforms": load_transforms(spec),
+            "random_transforms": augmentations_3d(),
+            "preprocessing": {
+                "_target_": "Compose",
+                "transforms": expr("@train#deterministic_transforms + @train#random_transforms"),
+            },
+            "dataset": cache_dataset("train"),
+            "dataloader": data_loader("train", shuffle=True),
+        }
+    return {
+        "deterministic_transforms": load_transforms(spec),
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": expr("@train#deterministic_transforms + [@train#to_device]"),
+        },
+        "to_device": to_device(track_meta=False),
+        "augmentation": batch_augmentation(),
+        "dataset": {**cache_dataset("train"), "copy_cache": False},  # augmentation never writes into the cache
+        "dataloader": data_loader("train", shuffle=True, on_device=True),
+    }
+
+
+def validate_data_pipeline(spec: DatasetSpec) -> dict:
+    """The training pipeline's deterministic transforms; cached on the device for 2D (with metadata)."""
+    if spec.kind == "mri3d":
+        return {
+            "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
+            "dataset": cache_dataset("validate"),
+            "dataloader": data_loader("validate", shuffle=False),
+        }
+    return {
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
+                to_device(track_meta=True),
+            ],
+        },
+        "dataset": cache_dataset("validate"),
+        "dataloader": data_loader("validate", shuffle=False, on_device=True),
+    }
+
+
+def cache_dataset(section: str) -> dict:
+    return {
+        "_target_": "CacheDataset",
+        "data": f"@{section}#datalist",
+        "transform": f"@{section}#preprocessing",
+        "cache_rate": "@cache_rate",
+        "num_workers": "@num_workers",
+    }
+
+
+def data_loader(section: str, shuffle: bool, on_device: bool = False) -> dict:
+    """``on_device``: batches of device-resident tensors assembled in a background thread (ThreadDataLoader,
+    no worker processes); otherwise a DataLoader with ``num_workers`` processes."""
+    return {
+        "_target_": "ThreadDataLoader" if on_device else "DataLoader",
+        "dataset": f"@{section}#dataset",
+        "batch_size": "@batch_size" if section == "train" else "@val_batch_size",
+        "shuffle": shuffle,
+        "num_workers": 0 if on_device else "@num_workers",
+    }
+
+
+def probability_postprocessing(pred_keys: str | list[str] = "pred") -> dict:
+    """Sigmoid, keep the probability as ``prob`` (for the metrics), threshold ``pred`` at 0.5."""
+    transforms = [{"_target_": "Activationsd", "keys": pred_keys, "sigmoid": True}]
+    if pred_keys != "pred":
+        transforms.append({"_target_": "MeanEnsembled", "keys": pred_keys, "output_key": "pred"})
+    transforms += [
+        {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
+        {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+    ]
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def test_key_metric() -> dict:
+    # MONAI's MeanDice handler skips empty labels; DiceMetric(ignore_empty=False) counts lesion-free
+    # frames with Galdran's convention (both empty = 1, one empty = 0).
+    return {
+        "test_dice_all": {
+            "_target_": "IgniteMetricHandler",
+            "metric_fn": {"_target_": "DiceMetric", "include_background": True, "ignore_empty": False},
+            "output_transform": from_engine(["pred", "label"]),
+        }
+    }
+
+
+def evaluate_config_3d() -> dict:
+    """Merged over train.json: the held-out fold, probabilities and labels back in each volume's own space,
+    per-class volumes (ml, from the header spacing) and Dice to ``eval_dir``, predictions as NIfTI."""
+    return {
+        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
+        "validate#postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": ["pred", "label"],
+                    "transform": "@validate#preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": [False, True],
+                },
+                {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": expr("os.path.join(@eval_dir, 'predictions')"),
+                    "output_postfix": "seg",
+                    "output_dtype": expr("numpy.uint8"),
+                    "separate_folder": False,
+                    "resample": False,
+                },
+            ],
+        },
+        "validate#key_metric": None,
+        **fold_evaluation("VolumeMetricsWriter", {"class_names": "@class_names"}),
+    }
+
+
+def evaluate_config(spec: DatasetSpec) -> dict:
+    """Merged over train.json: the test split through the validation pipeline, metrics to ``eval_dir``."""
+    if spec.kind == "mri3d":
+        return evaluate_config_3d()
+    return {
+        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
+        "validate#datalist": expr("custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test')"),
+        "validate#postprocessing": probability_postprocessing(),
+        "validate#key_metric": test_key_metric(),
+        "validate#evaluator#decollate": True,  # the metrics writer reads one item at a time
+        **fold_evaluation("LesionMetricsWriter", {"threshold": 0.5}),
+    }
+
+
+# loads the model of `checkpoint` before an evaluation or inference run
+CHECKPOINT_LOADER = {
+    "_target_": "CheckpointLoader",
+    "load_path": expr("custom_losses.handlers.existing_checkpoint(@checkpoint)"),
+    "load_dict": {"model": "@network"},
+    "map_location": "@device",
+}
+
+
+def fold_evaluation(writer: str, writer_args: dict) -> dict:
+    """Load the fold's best checkpoint, log, write the metrics with ``custom_losses.handlers.<writer>``."""
+    return {
+        "validate#handlers": [
+            CHECKPOINT_LOADER,
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {
+                "_target_": f"custom_losses.handlers.{writer}",
+                "output_dir": "@eval_dir",
+                **writer_args,
+                "num_bins": 20,
+                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
+            },
+        ],
+        "initialize": [ERROR_REPORT, "$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
+        "run": [expr("@validate#evaluator.run()")],
+    }
+
+
+def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
+    """Merged over train.json and evaluate.json: mean probability of the fold models (as Galdran et al.)."""
+    return {
+        "folds": [1, 2, 3, 4, 5],
+        "ensemble_pred_keys": expr("['pred_fold' + str(k) for k in @folds]"),
+        "ensemble_networks": expr(
+            "[custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
+            "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device) for k in @folds]"
+        ),
+        "eval_dir": expr("os.path.join(@output_dir, 'eval', 'ensemble')"),
+        "validate#postprocessing": probability_postprocessing("@ensemble_pred_keys"),
+        "validate#handlers": [
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {
+                "_target_": "custom_losses.handlers.LesionMetricsWriter",
+                "output_dir": "@eval_dir",
+                "threshold": 0.5,
+                "num_bins": 20,
+                "extra": {"folds": "@folds"},
+            },
+        ],
+        "validate#evaluator": {
+            "_target_": "EnsembleEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "networks": "@ensemble_networks",
+            "pred_keys": "@ensemble_pred_keys",
+            "inferer": "@validate#inferer",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+    }
+
+
+def _inference_engine() -> dict:
+    return {
+        "handlers": [
+            CHECKPOINT_LOADER,
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "custom_losses.inference.ManifestUpdater", "prediction_dir": "@prediction_dir"},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": "@amp",
+            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
+        },
+        "initialize": [ERROR_REPORT, expr("monai.utils.set_determinism(seed=0)")],
+        "run": [expr("@evaluator.run()")],
+    }
+
+
+def inference_config(spec: DatasetSpec) -> dict:
+    """Standalone: every image in ``input_dir`` -> its prediction in ``prediction_dir``, at the input's own size:
+    a 0/255 PNG mask (2D) or a label volume with the input's affine (3D NIfTI). Every file is checked first;
+    bad ones are skipped (``strict``: the run stops before predicting), all listed in ``manifest.csv``."""
+    config = common_config(spec)
+    if spec.kind == "mri3d":
+        kind, extra = "3d", {}
+        preprocessing = [
+            {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image"},
+            {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+        ]
+        postprocessing = [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@prediction_dir",
+                "output_postfix": "seg",
+                "output_dtype": expr("numpy.uint8"),
+                "separate_folder": False,
+                "resample": False,
+                "writer": expr("custom_losses.inference.AtomicNibabelWriter"),
+            },
+        ]
+    else:
+        kind, extra = "2d", {"threshold": 0.5}
+        image_loading = load_transforms(spec)[0]
+        preprocessing = [
+            image_loading,
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": 0.0,
+                "a_max": 255.0,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
+            {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+        ]
+        postprocessing = [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@prediction_dir",
+                "output_postfix": "seg",
+                "output_ext": ".png",
+                "output_dtype": expr("numpy.uint8"),
+                "scale": 255,
+                "separate_folder": False,
+                "resample": False,
+                "writer": expr("custom_losses.inference.AtomicPILWriter"),
+            },
+        ]
+    config.update(
+        {
+            "imports": config["imports"] + ["$import numpy"],
+            "input_dir": "@bundle_root",
+            "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
+            "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+            **extra,
+            "strict": False,
+            "datalist": expr(
+                f"custom_losses.inference.inference_items(@input_dir, @prediction_dir, strict=@strict, kind='{kind}')"
+            ),
+            "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 0},
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
+            **_inference_engine(),
+        }
+    )
+    return config
+
+
+def finetune_config() -> dict:
+    """Merged over train.json: start from a trained checkpoint (matching tensors only), smaller learning rate."""
+    return {
+        "finetune_checkpoint": expr("os.path.join(@bundle_root, 'models', 'model.pt')"),
+        "network": expr(
+            "custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)"
+            ".to(memory_format=@memory_format)"
+        ),
+        "learning_rate": 1e-4,
+        "epochs": 20,
+    }
+
+
+def multi_gpu_config(num_rank0_handlers: int) -> dict:
+    """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU."""
+    return {
+        "device": expr(
+            "torch.device('cuda:' + os.environ['LOCAL_RANK']) if torch.cuda.is_available() else torch.device('cpu')"
+        ),
+        "network": {
+            "_target_": "torch.nn.parallel.DistributedDataParallel",
+            "module": expr("@network_def.to(@device, memory_format=@memory_format)"),
+            "device_ids": expr("[@device] if torch.cuda.is_available() else None"),
+        },
+        "train#sampler": {
+            "_target_": "DistributedSampler",
+            "dataset": "@train#dataset",
+            "even_divisible": True,
+            "shuffle": True,
+        },
+        "train#dataloader#sampler": "@train#sampler",
+        "train#dataloader#shuffle": False,
+        "train#trainer#train_handlers": expr(
+            f"@train#handlers[: -{num_rank0_handlers} if torch.distributed.get_rank() > 0 else None]"
+        ),
+        "validate#sampler": {
+            "_target_": "DistributedSampler",
+            "dataset": "@validate#dataset",
+            "even_divisible": False,
+            "shuffle": False,
+        },
+        "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": expr("None if torch.distributed.get_rank() > 0 else @validate#handlers"),
+        "initialize": [
+            expr(
+                "torch.distributed.is_initialized() or torch.distributed.init_process_group("
+                "backend='nccl' if torch.cuda.is_available() else 'gloo')"
+            ),
+            expr("torch.cuda.set_device(@device) if torch.cuda.is_available() else None"),
+            *training_initialization(),
+        ],
+        "run": [expr("@train#trainer.run()")],
+        "finalize": [expr("torch.distributed.is_initialized() and torch.distributed.destroy_process_group()")],
+    }
+
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+
+# ------------------------------------------------------------------------------------------- metadata and docs

@@ -1,0 +1,235 @@
+"""docs/README.md of a bundle and the bundles/README.md index."""
+
+from __future__ import annotations
+
+import json
+
+from .specs import BUNDLES_DIR, DATASETS, LOSSES, REFERENCES, DatasetSpec
+
+DOCS_2D = {
+    "model": "FlexibleUNet with a {spec.backbone} encoder trained from scratch (no pretrained weights), input "
+    "{spec.image_size}x{spec.image_size} RGB scaled to [0, 1], one output channel (lesion logit); random flips, "
+    "rotation, scale and colour jitter.",
+    "pipeline": "Data pipeline, built to keep a GPU busy: the decoded, resized images are cached once on the "
+    "training device (`CacheDataset`, filled by `num_workers` threads; about 2 MB per 352x352 image, 4 MB at "
+    "512x512; lower `cache_rate` to cache less); a `ThreadDataLoader` assembles batches there; "
+    "`custom_losses.augment.BatchAugmentation`, the trainer's `prepare_batch` (`train#augmentation`), augments "
+    "each batch on the device with parameters drawn per image from the distributions of MONAI's `RandFlipd`, "
+    "`RandAffined`, `RandScaleIntensityd`, `RandShiftIntensityd` and `RandAdjustContrastd` (MONAI's per-image "
+    "transforms cost about 12 ms per 352x352 image on one CPU core). The network runs channels_last and cuDNN "
+    "autotunes its convolutions (`cudnn_benchmark`, default true). Training and validation post-process whole "
+    "batches (`decollate` false): `engine.state.output` is one dict of batch tensors, so a handler added to "
+    "`train#handlers` reads `output['loss']`.",
+    "evaluate_outputs": "eval/fold1/per_image.csv and eval/fold1/summary.json (the test set)",
+    "ensemble": "# ensemble of the five fold models -> eval/ensemble/\n"
+    "python -m monai.bundle run \\\n"
+    "    --config_file \"['configs/train.json','configs/evaluate.json','configs/evaluate_ensemble.json']\" \\\n"
+    "    --dataset_dir DATA/{spec.name}\n\n",
+    "inference": "segment every .jpg/.png of a folder -> predictions/<name>_seg.png at the input size",
+    "size_id": "image_size",
+    "unit": "pixels (a disk)",
+    "checks": "an unreadable or corrupt image, a grayscale image, a mask of another size than its image, a mask "
+    "whose values would all fall under the > 127 threshold",
+    "evaluation": "`evaluate.json` writes, at threshold 0.5 and the prepared resolution, one CSV row per test image "
+    "and a summary: Dice and IoU on lesion images; Dice over all images with Galdran's convention (both masks "
+    "empty = 1, exactly one empty = 0); the share of images predicted empty (ideal: the share of lesion-free "
+    "images); on lesion-free images the share with any predicted lesion (image-level false-positive rate) and "
+    "the mean false-positive area; on lesion images the signed relative area error from the thresholded mask "
+    "and from the sum of probabilities; the expected calibration error of the lesion probability (20 bins).",
+}
+
+DOCS_3D = {
+    "model": "3D UNet (MONAI `UNet`, channels 16-256, 4 down-samplings, residual units) trained from scratch, "
+    "input padded/cropped to {spec.spatial_size_3d}, intensities z-scored per volume, one output per class "
+    "(softmax); random rotation, scaling and intensity jitter (no flips: they would swap anterior and "
+    "posterior).",
+    "pipeline": "Data pipeline: the deterministic transforms are cached (`CacheDataset`), MONAI's per-volume random "
+    "transforms run in `num_workers` data-loader processes (the volumes are small).",
+    "evaluate_outputs": "eval/fold1/per_volume.csv, eval/fold1/summary.json and eval/fold1/predictions/*.nii.gz "
+    "(the held-out fold)",
+    "ensemble": "",
+    "inference": "segment every .nii/.nii.gz of a folder -> predictions/<name>_seg.nii.gz with the input's affine",
+    "size_id": "spatial_size",
+    "unit": "voxels (a ball)",
+    "checks": "an unreadable or corrupt volume, a label of another shape than its image, a label with classes the "
+    "bundle does not know",
+    "evaluation": "`evaluate.json` runs the held-out fold, maps probabilities and labels back to each volume's own "
+    "grid, saves the argmax labels as NIfTI with the input's affine, and writes one CSV row per volume and a "
+    "summary, per class (anterior, posterior) and for the whole hippocampus: Dice of the argmax; volume in ml "
+    "(voxel size from the header) of the label, of the argmax mask (hard) and of the sum of probabilities "
+    "(soft); signed, absolute and relative volume errors; Bland-Altman bias and 95% limits of agreement (hard "
+    "and soft); the expected calibration error of the whole-hippocampus probability (20 bins). The controlled "
+    "study behind the volume-bias question (known expected volumes, CE vs per-image and batch soft Dice) is "
+    "`scripts/volume_bias_study.py` in the repository, with its result in `docs/volume_bias.png`.",
+}
+
+
+def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
+    loss = LOSSES[loss_name]
+    bundle = f"{spec.name}_{loss_name}"
+    texts = DOCS_3D if spec.kind == "mri3d" else DOCS_2D
+    overrides = []
+    if loss_name == "dbce":
+        overrides.append(
+            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in {texts['unit']}. Pick it by a "
+            "sweep on fold 1 validation, one study folder per radius: `python scripts/run_study.py "
+            f"{spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
+            f"--output_dir=study/{spec.name}_dbce_rR` for R in 1, 3, 5, 9 (sweep results: pending a GPU run)."
+        )
+    if loss.schedule:
+        overrides.append(
+            f"- `alpha_schedule` (default `{loss.schedule}`): `combo`, `linear` or `finetune`, applied by "
+            "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume)."
+        )
+    loss_overrides = "\n".join(overrides)
+    model = texts["model"].format(spec=spec)
+    ensemble = texts["ensemble"].format(spec=spec)
+    return f"""# {bundle}: {spec.title}, {loss.title}
+
+Generated by `scripts/make_bundles.py`; edit the generator, not this file.
+
+## Loss
+
+**{loss.title}** (`{loss.config["_target_"]}`): {loss.description}
+
+References: {"; ".join(REFERENCES[key] for key in loss.references)}.
+
+## Data
+
+- Training: {spec.train_data}.
+- Test: {spec.test_data}.
+- Prepare once (writes the prepared copies and `datalist.json`; checks every file first):
+
+```bash
+{spec.prepare_command}
+```
+
+Licence of the data: see `docs/data_license.txt`.
+
+## Model and training
+
+{model} AdamW, learning rate {spec.learning_rate} with cosine decay, batch {spec.batch_size},
+{spec.epochs} epochs, bf16 autocast on GPU. The best validation checkpoint is `models/fold<k>/model.pt`,
+the last one `models/fold<k>/model_final.pt`.
+
+{texts["pipeline"]}
+
+## Commands (from this folder, with `custom_losses` installed)
+
+```bash
+# train fold 1 (any of 1..5); every id of the config can be overridden the same way
+python -m monai.bundle run --config_file configs/train.json --dataset_dir DATA/{spec.name} \\
+    --fold 1 --epochs {spec.epochs}
+
+# evaluate -> {texts["evaluate_outputs"]}
+python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" \\
+    --dataset_dir DATA/{spec.name} --fold 1
+
+{ensemble}# {texts["inference"]}
+python -m monai.bundle run --config_file configs/inference.json --input_dir IMAGES --fold 1
+
+# two GPUs (DistributedDataParallel; gloo on CPU)
+torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir DATA/{spec.name}
+
+# fine-tune from a trained model on your own data (matching tensors are loaded, e.g. not a new output layer)
+python -m monai.bundle run --config_file "['configs/train.json','configs/finetune.json']" \\
+    --dataset_dir MY_DATA --finetune_checkpoint models/fold1/model.pt --output_dir finetuned
+
+# TorchScript export
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/fold1/model.pt \\
+    --meta_file configs/metadata.json --config_file configs/inference.json
+```
+
+Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`), `output_dir` (where
+`models/`, `eval/` and `logs/` go), `batch_size`, `num_workers`, `{texts["size_id"]}`, `learning_rate`,
+`cache_rate`, `cudnn_benchmark`.
+
+{loss_overrides}
+
+## Reliability
+
+- **Input checks before training**: a missing or empty `dataset_dir`, a missing datalist, an entry whose
+  file does not exist, an image without a label, {texts["checks"]}, and a fold that
+  does not exist each stop the run with one line naming the file and the problem.
+- **Non-finite loss**: a NaN or infinite training loss stops the run, naming epoch and iteration; the best
+  model (`model.pt`) and the last resume checkpoint stay as they were and no `model_final.pt` is written.
+- **Interruption**: the end of an epoch saves `models/fold<k>/resume_checkpoint_epoch=<e>.pt` (model,
+  optimizer, LR scheduler, trainer state; only the last is kept) once `resume_checkpoint_interval_s`
+  (default 60) seconds have passed since the last one, and after the last epoch; 0 saves every epoch (a
+  155 MiB file for the 2D network, about 0.2 s to save: a fifth of a fast GPU epoch). Rerun the same
+  command with `--resume True` to go on from it to the same `epochs`; loss-weight schedules depend only on
+  the epoch, so they resume with it.
+  The best-model tracking restarts after a resume: the first validation after it rewrites `model.pt`.
+- **Determinism**: `seed` (default 0) seeds Python, NumPy, PyTorch (the 2D batch augmentation draws from it)
+  and MONAI's random transforms; two CPU runs with the same seed give identical losses (tested with
+  `num_workers=0`). On GPU, cuDNN autotuning and atomic additions in some backward kernels are not
+  bit-reproducible; `--cudnn_benchmark False` removes the first. GPU repeatability was not measured for this
+  version.
+- **Outputs** (`summary.json`, `per_image.csv`, datalists) are written to a temporary file and renamed, so a
+  killed run never leaves a file that looks complete.
+
+## Evaluation
+
+{texts["evaluation"]}
+
+## Results
+
+{results_table}
+"""
+
+
+def results_table(spec: DatasetSpec, loss_name: str, results: dict | None) -> str:
+    if not results:
+        return (
+            "Pending: no run of this bundle on the real data has been recorded yet "
+            f"(`bundles/results/{spec.name}.json` holds measured results once they exist, written by "
+            "`scripts/publish_results.py`)."
+        )
+    rows = "\n".join(f"| {key} | {value} |" for key, value in results.items() if key != "measured_with")
+    return f"Measured with: {results.get('measured_with', 'unknown')}\n\n| metric | value |\n|---|---|\n{rows}"
+
+
+def index_readme() -> str:
+    """``bundles/README.md``: every bundle with its loss, dataset, headline numbers and commands."""
+    lines = [
+        "# Bundles",
+        "",
+        "Generated by `scripts/make_bundles.py` (edit the generator, then run it). Each folder is a standard MONAI",
+        "bundle; run the commands from inside it, with `custom_losses` installed (`pip install -e .` at the repo",
+        "root) or from an exported zip (`scripts/export_bundle.py`), which carries its own copy.",
+        "",
+        "| bundle | dataset | loss | test Dice (lesion) | lesion-free FP rate | measured with |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in DATASETS.values():
+        results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        for loss_name in spec.losses:
+            loss = LOSSES[loss_name]
+            measured = results.get(loss_name) or {}
+            dice = measured.get("dice_lesion", "pending")
+            fp_rate = measured.get("lesion_free_fp_rate", "pending")
+            source = measured.get("measured_with", "no real-data run yet")
+            lines.append(
+                f"| [{spec.name}_{loss_name}]({spec.name}_{loss_name}/docs/README.md) | {spec.title} | "
+                f"{loss.title} | {dice} | {fp_rate} | {source} |"
+            )
+    lines += [
+        "",
+        "## One-line commands (from a bundle folder)",
+        "",
+        "```bash",
+        "python -m monai.bundle run --config_file configs/train.json --dataset_dir DATA --fold 1",
+        "python -m monai.bundle run --config_file \"['configs/train.json','configs/evaluate.json']\" "
+        "--dataset_dir DATA",
+        "python -m monai.bundle run --config_file configs/inference.json --input_dir IMAGES",
+        "python -m monai.bundle run --config_file \"['configs/train.json','configs/finetune.json']\" "
+        "--dataset_dir MY_DATA --finetune_checkpoint models/fold1/model.pt",
+        "```",
+        "",
+        "All losses of a dataset at once, with a report: `python scripts/run_study.py <dataset> --data_dir DATA`.",
+        "`meta_schema_20240725.json` is the Model Zoo metadata schema, kept here because `verify_metadata`",
+        "cannot download it offline.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Every generated file of a bundle, as text."""
+
+from __future__ import annotations
+
+import json
+
+from .configs import (
+    LOGGING_CONF,
+    evaluate_config,
+    evaluate_ensemble_config,
+    finetune_config,
+    inference_config,
+    multi_gpu_config,
+    train_config,
+)
+from .docs import docs_readme, results_table
+from .metadata import metadata
+from .specs import BUNDLES_DIR, DATASETS, RANK0_TRAIN_HANDLERS, REPO, DatasetSpec
+
+
+def dump_json(data: dict) -> str:
+    return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+
+
+def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
+    """Every generated file of one bundle, relative path -> text."""
+    results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
+    all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = all_results.get(loss_name)
+    return {
+        "configs/metadata.json": dump_json(metadata(spec, loss_name, results)),
+        "configs/train.json": dump_json(train_config(spec, loss_name)),
+        "configs/evaluate.json": dump_json(evaluate_config(spec)),
+        **(
+            {}
+            if spec.kind == "mri3d"
+            else {"configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec))}
+        ),
+        "configs/inference.json": dump_json(inference_config(spec)),
+        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(RANK0_TRAIN_HANDLERS)),
+        "configs/finetune.json": dump_json(finetune_config()),
+        "configs/logging.conf": LOGGING_CONF,
+        "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
+        "docs/data_license.txt": spec.data_license + "\n",
+        "LICENSE": (REPO / "LICENSE").read_text(),
+    }
+
+
+def all_bundles() -> dict[str, dict[str, str]]:
+    return {
+        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name)
+        for spec in DATASETS.values()
+        for loss_name in spec.losses
+    }
