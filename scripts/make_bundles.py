@@ -1,15 +1,19 @@
-"""Generate every bundle of the collection from one source: the losses x the datasets below.
+"""Generate every bundle of the collection from one source: the losses x the dataset specs.
 
-    python scripts/make_bundles.py                # (re)write bundles/<dataset>_<loss>/
+    python scripts/make_bundles.py                # (re)write bundles/<dataset>_<loss>/ from bundles/specs/*.yaml
     python scripts/make_bundles.py --check        # exit 1 if a generated file differs from the repo's
+    python scripts/make_bundles.py --dataset_spec=my_lesions.yaml --output_dir=my_bundles   # your dataset
 
 Bundles differ only in their loss (and its schedule handler); everything else comes from the dataset
-spec. Adding a loss is one entry in ``LOSSES``; adding a 2D dataset is one ``DatasetSpec``.
-The measured results in each bundle's docs come from ``bundles/results/<dataset>.json`` when present.
+spec, a small YAML file (bundles/specs/polyp.yaml is one; the fields are ``DatasetSpec``'s in
+scripts/bundlegen/specs.py). Adding a loss is one entry in ``LOSSES``. The code that writes each kind of
+file is in scripts/bundlegen/. The measured results in each bundle's docs come from
+``bundles/results/<dataset>.json`` when present (scripts/publish_results.py writes it).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,9 +30,12 @@ from scripts.bundlegen.specs import (  # noqa: E402
     DATASETS,
     LOSSES,
     RANK0_TRAIN_HANDLERS,
+    RESULTS_DIR,
     SCHEMA_FILE,
     DatasetSpec,
     LossSpec,
+    SpecError,
+    load_dataset_spec,
 )
 
 __all__ = [
@@ -42,14 +49,26 @@ __all__ = [
     "all_bundles",
     "bundle_files",
     "index_readme",
+    "load_dataset_spec",
 ]
 
 
-def main(check: bool = False, output_dir: str | None = None) -> None:
-    """Write (or with ``--check`` compare) every bundle under ``bundles/`` (or ``output_dir``)."""
+def main(check: bool = False, output_dir: str | None = None, dataset_spec: str | None = None) -> None:
+    """Write (or with ``--check`` compare) the bundles of the built-in datasets under ``bundles/``, or with
+    ``--dataset_spec=my_lesions.yaml`` those of your dataset under ``--output_dir`` (its own README index,
+    the metadata schema, and results from ``<output_dir>/results/<name>.json`` when you publish some).
+    """
+    if dataset_spec is not None and output_dir is None:
+        raise SpecError("--dataset_spec needs --output_dir: the folder to write the new bundles into")
+    specs = [load_dataset_spec(dataset_spec)] if dataset_spec else None
     root = Path(output_dir) if output_dir else BUNDLES_DIR
+    results_dir = root / "results" if dataset_spec else RESULTS_DIR
+    if dataset_spec and specs[0].name in DATASETS and root.resolve() == BUNDLES_DIR.resolve():
+        raise SpecError(f"{dataset_spec}: name {specs[0].name!r} is a built-in dataset; choose another name")
+    bundles = all_bundles(specs, results_dir)
+    index_text = index_readme(specs, results_dir)
     stale = []
-    for bundle, files in all_bundles().items():
+    for bundle, files in bundles.items():
         for relative, text in files.items():
             path = root / bundle / relative
             if check:
@@ -60,16 +79,27 @@ def main(check: bool = False, output_dir: str | None = None) -> None:
                 path.write_text(text)
     index = root / "README.md"
     if check:
-        if not index.is_file() or index.read_text() != index_readme():
+        if not index.is_file() or index.read_text() != index_text:
             stale.append(str(index))
     else:
-        index.write_text(index_readme())
+        index.write_text(index_text)
+        if root.resolve() != BUNDLES_DIR.resolve():  # verify_metadata cannot download the schema offline
+            shutil.copy(BUNDLES_DIR / SCHEMA_FILE, root / SCHEMA_FILE)
     if check and stale:
         print("out of date (run python scripts/make_bundles.py):\n  " + "\n  ".join(stale), file=sys.stderr)
         sys.exit(1)
     if not check:
-        print(f"wrote {len(all_bundles())} bundles to {root}")
+        print(f"wrote {len(bundles)} bundles to {root}")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        fire.Fire(main, command=argv, name="make_bundles.py")
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    sys.exit(cli())

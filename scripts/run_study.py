@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
     sys.path.insert(0, str(REPO))
 
-from scripts.make_bundles import DATASETS as DATASET_SPECS  # noqa: E402
+from scripts.bundlegen.specs import DATASETS as DATASET_SPECS  # noqa: E402
+from scripts.bundlegen.specs import DatasetSpec, SpecError, load_dataset_spec  # noqa: E402
 from scripts.study_comparison import ReportInputError  # noqa: E402
 from scripts.study_report import discover_runs, run_path, write_report  # noqa: E402
 
@@ -53,11 +54,13 @@ class StudyError(ValueError):
     """A study that cannot start: the message names what is missing or wrong."""
 
 
-def bundle_names(dataset: str, bundles: list[str] | str | None, bundles_dir: Path) -> list[str]:
+def bundle_names(
+    dataset: str, bundles: list[str] | str | None, bundles_dir: Path, spec: DatasetSpec | None = None
+) -> list[str]:
     """Bundle folders to run: ``<dataset>_<loss>`` for the chosen losses (default: every loss)."""
     prefix = "polyp" if dataset == "demo" else dataset
     if bundles is None:
-        names = [f"{prefix}_{loss}" for loss in DATASET_SPECS[prefix].losses]
+        names = [f"{prefix}_{loss}" for loss in (spec or DATASET_SPECS[prefix]).losses]
     else:
         requested = [bundles] if isinstance(bundles, str) else list(bundles)
         names = [b if b.startswith(prefix + "_") else f"{prefix}_{b}" for b in requested]
@@ -234,6 +237,7 @@ def study(
     ensemble: bool = False,
     examples: bool = True,
     bundles_dir: str | None = None,
+    spec: str | None = None,
     **overrides,
 ) -> int:
     """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds and seeds.
@@ -255,19 +259,29 @@ def study(
         ensemble: also evaluate the mean probability of the fold models (needs every fold listed).
         examples: predict a few test images per bundle for the example grid.
         bundles_dir: where the bundles live (default: this repo's ``bundles/``).
+        spec: your dataset's spec file (``make_bundles.py --dataset_spec``); ``dataset`` is its name and
+            ``bundles_dir`` the folder its bundles were written to.
         overrides: any other bundle config id, e.g. ``--batch_size=8 --num_workers=8``.
     """
-    if dataset not in STUDY_DATASETS:
-        raise StudyError(f"dataset must be one of {', '.join(STUDY_DATASETS)}, got {dataset!r}")
-    if ensemble and dataset == "hippocampus":
-        raise StudyError("hippocampus is evaluated by cross-validation on held-out folds: no test set to ensemble on")
+    own_spec = None
+    if spec is not None:
+        own_spec = load_dataset_spec(spec)
+        if own_spec.name != dataset:
+            raise StudyError(f"{spec} describes dataset {own_spec.name!r}, not {dataset!r}")
+        if bundles_dir is None:
+            raise StudyError("--spec needs --bundles_dir: where make_bundles.py --dataset_spec wrote the bundles")
+    elif dataset not in STUDY_DATASETS:
+        raise StudyError(f"dataset must be one of {', '.join(STUDY_DATASETS)} (or --spec=FILE), got {dataset!r}")
+    volumes = (own_spec or DATASET_SPECS.get(dataset, DATASET_SPECS["polyp"])).kind == "mri3d"
+    if ensemble and volumes:
+        raise StudyError(f"{dataset} is evaluated by cross-validation on held-out folds: no test set to ensemble on")
     if setting is not None and dataset not in SETTINGS.get(setting, {}):
         known = ", ".join(f"{name} ({', '.join(sets)})" for name, sets in SETTINGS.items())
         raise StudyError(f"no setting {setting!r} for {dataset}; settings (datasets): {known}")
     started = time.time()
     out = Path(output_dir or REPO / "study" / dataset).resolve()
     bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"
-    names = bundle_names(dataset, bundles, bundles_root)
+    names = bundle_names(dataset, bundles, bundles_root, own_spec)
     folds, seeds = _int_list("folds", folds), _int_list("seeds", seeds)
     settings = dict(DEMO_SETTINGS) if dataset == "demo" else {}
     settings.update(SETTINGS[setting][dataset] if setting else {})
@@ -287,7 +301,7 @@ def study(
         data_path = Path(data_dir).resolve()
     if not (data_path / "datalist.json").is_file():
         raise StudyError(f"{data_path / 'datalist.json'} does not exist (prepare it with scripts/prepare_data.py)")
-    examples_dir = choose_examples(data_path, out) if examples and dataset != "hippocampus" else None
+    examples_dir = choose_examples(data_path, out) if examples and not volumes else None
 
     jobs = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
     print(f"study {dataset}: {len(names)} bundle(s) x {len(seeds)} seed(s) x {len(folds)} fold(s) -> {out}", flush=True)
@@ -367,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         study_command.__signature__ = inspect.signature(study)
         fire.Fire(study_command, command=argv, name="run_study.py")
         return exit_codes[0] if exit_codes else 0
-    except (StudyError, ReportInputError) as error:
+    except (StudyError, ReportInputError, SpecError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

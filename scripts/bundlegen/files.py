@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .configs import (
     LOGGING_CONF,
@@ -15,18 +16,22 @@ from .configs import (
 )
 from .docs import docs_readme, results_table
 from .metadata import metadata
-from .specs import BUNDLES_DIR, DATASETS, RANK0_TRAIN_HANDLERS, REPO, DatasetSpec
+from .specs import DATASETS, RANK0_TRAIN_HANDLERS, REPO, RESULTS_DIR, DatasetSpec
 
 
 def dump_json(data: dict) -> str:
     return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
 
 
-def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
+def measured_results(spec: DatasetSpec, results_dir: Path = RESULTS_DIR) -> dict:
+    """Published results of a dataset's bundles (``<results_dir>/<dataset>.json``, per loss), if any."""
+    results_file = results_dir / f"{spec.name}.json"
+    return json.loads(results_file.read_text()) if results_file.is_file() else {}
+
+
+def bundle_files(spec: DatasetSpec, loss_name: str, results_dir: Path = RESULTS_DIR) -> dict[str, str]:
     """Every generated file of one bundle, relative path -> text."""
-    results_file = BUNDLES_DIR / "results" / f"{spec.name}.json"
-    all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    results = all_results.get(loss_name)
+    results = measured_results(spec, results_dir).get(loss_name)
     return {
         "configs/metadata.json": dump_json(metadata(spec, loss_name, results)),
         "configs/train.json": dump_json(train_config(spec, loss_name)),
@@ -46,9 +51,10 @@ def bundle_files(spec: DatasetSpec, loss_name: str) -> dict[str, str]:
     }
 
 
-def all_bundles() -> dict[str, dict[str, str]]:
+def all_bundles(specs: list[DatasetSpec] | None = None, results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, str]]:
+    """``<dataset>_<loss>`` -> its files, for the given dataset specs (default: the built-in ones)."""
     return {
-        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name)
-        for spec in DATASETS.values()
+        f"{spec.name}_{loss_name}": bundle_files(spec, loss_name, results_dir)
+        for spec in (DATASETS.values() if specs is None else specs)
         for loss_name in spec.losses
     }

@@ -10,9 +10,9 @@ from .specs import (
     MONAI_VERSION,
     NUMPY_VERSION,
     PYTORCH_VERSION,
-    REFERENCES,
     SCHEMA_URL,
     DatasetSpec,
+    reference_text,
 )
 
 
@@ -95,7 +95,7 @@ def metadata(spec: DatasetSpec, loss_name: str, results: dict | None) -> dict:
         if is_3d
         else "single channel logit of the lesion class (sigmoid > 0.5 = lesion)",
         "intended_use": "Research on segmentation losses only. Not a medical device; not for clinical use.",
-        "references": [REFERENCES[key] for key in (*loss.references, *spec.references)],
+        "references": [reference_text(key) for key in (*loss.references, *spec.references)],
         "network_data_format": network_data_format(spec),
     }
     if results:

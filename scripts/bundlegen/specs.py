@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES_DIR = REPO / "bundles"
+RESULTS_DIR = BUNDLES_DIR / "results"  # published results per dataset (scripts/publish_results.py)
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA_FILE = "meta_schema_20240725.json"  # kept in bundles/: verify_metadata cannot download it offline
 
@@ -129,77 +134,75 @@ class DatasetSpec:
     extra_defaults: dict = field(default_factory=dict)
 
 
-POLYP = DatasetSpec(
-    name="polyp",
-    title="Polyp segmentation in colonoscopy",
-    task="Binary segmentation of polyps in colonoscopy frames",
-    image_size=352,
-    data_source="Training: Kvasir-SEG (1000 frames with polyps, https://datasets.simula.no/kvasir-seg/). "
-    "Test: EndoTect 2021 test set, 200 polyp frames plus 20 lesion-free ulcerative-colitis frames from "
-    "HyperKvasir (https://datasets.simula.no/hyper-kvasir/). Prepared with scripts/prepare_data.py.",
-    train_data="Kvasir-SEG, 1000 frames that all contain a polyp, split into 5 folds of 200 (fixed seed); "
-    "training uses 4 folds, validation the fifth",
-    test_data="EndoTect 2021 test: 200 polyp frames (in distribution) + 20 lesion-free ulcerative-colitis "
-    "frames (out of distribution: the model never saw an image without a lesion)",
-    prepare_command="python scripts/prepare_data.py polyp --kvasir_dir=KVASIR --endotect_dir=ENDOTECT "
-    "--output_dir=DATA/polyp --size=352",
-    data_license="Kvasir-SEG (Simula Research Laboratory) may be used for research and educational purposes "
-    "only; cite Jha et al., Kvasir-SEG: A Segmented Polyp Dataset, MMM 2020. The EndoTect 2021 test frames "
-    "and the HyperKvasir ulcerative-colitis frames are distributed by Simula under the HyperKvasir terms; "
-    "cite Borgli et al., Scientific Data 2020. The binding terms are those on "
-    "https://datasets.simula.no/kvasir-seg/ and https://datasets.simula.no/hyper-kvasir/. No data is "
-    "distributed with this bundle.",
-    references=("kvasir", "hyperkvasir", "flexunet"),
-    modality="endoscopy (RGB)",
-)
+SPECS_DIR = BUNDLES_DIR / "specs"
+BUILTIN_DATASETS = ("polyp", "footulcer", "hippocampus")  # bundles/specs/<name>.yaml, in the index's order
+KINDS = ("rgb2d", "mri3d")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*$")
 
-FOOTULCER = DatasetSpec(
-    name="footulcer",
-    title="Foot ulcer segmentation in photographs",
-    task="Binary segmentation of diabetic foot ulcers (wounds) in photographs",
-    image_size=512,
-    data_source="FUSeg 2021, Foot Ulcer Segmentation Challenge (https://github.com/uwm-bigdata/wound-segmentation): "
-    "810 training and 200 validation photographs, 512x512. Prepared with scripts/prepare_data.py.",
-    train_data="the 791 FUSeg training photographs that contain a wound, split into 5 folds (fixed seed); the "
-    "19 wound-free training photographs are held out for the test set",
-    test_data="the 195 FUSeg validation photographs with a wound (in distribution) + the 24 wound-free "
-    "photographs (19 from training, 5 from validation; out of distribution). Wounds cover about 1.3% of the "
-    "pixels",
-    prepare_command="python scripts/prepare_data.py footulcer --fuseg_dir=FUSEG --output_dir=DATA/footulcer --size=512",
-    data_license="FUSeg 2021 (Foot Ulcer Segmentation Challenge, MICCAI 2021, University of Wisconsin-Milwaukee "
-    "and AZH Wound Center) is provided for research use; cite Wang et al., Fully automatic wound segmentation "
-    "with deep convolutional neural networks, Scientific Reports 2020, and the FUSeg challenge. The binding "
-    "terms are those of https://github.com/uwm-bigdata/wound-segmentation. No data is distributed with this "
-    "bundle.",
-    references=("fuseg", "flexunet"),
-    modality="photograph (RGB)",
-)
 
-HIPPOCAMPUS = DatasetSpec(
-    name="hippocampus",
-    title="Hippocampus segmentation in MRI",
-    task="3D segmentation of the anterior and posterior hippocampus in T1 MRI, with volumes in ml",
-    image_size=48,
-    data_source="Medical Segmentation Decathlon Task04 Hippocampus (http://medicaldecathlon.com/): 260 "
-    "labelled T1 MRI crops of about 35x51x35 voxels at 1 mm. Prepared with scripts/prepare_data.py.",
-    train_data="the 260 labelled volumes, 5 folds of 52 (fixed seed); training uses 4 folds",
-    test_data="the held-out fold (cross-validation: the Decathlon test labels are not public)",
-    prepare_command="python scripts/prepare_data.py hippocampus --hippocampus_dir=TASK04 --output_dir=DATA/hippocampus",
-    data_license="Medical Segmentation Decathlon, Task04 Hippocampus: CC-BY-SA 4.0; cite Antonelli et al., "
-    "The Medical Segmentation Decathlon, Nature Communications 2022, and Simpson et al., arXiv:1902.09063. "
-    "No data is distributed with this bundle.",
-    references=("decathlon",),
-    modality="MRI (T1)",
-    kind="mri3d",
-    losses=("ce", "dice", "batch_dice", "ce_dice", "ce_finetune_dice", "dbce"),
-    class_names=((1, "anterior"), (2, "posterior")),
-    epochs=100,
-    batch_size=16,
-    learning_rate=1e-3,
-    dbce_radius=2,
-)
+class SpecError(ValueError):
+    """A dataset spec file that cannot be used: the message names the file and the field."""
 
-DATASETS: dict[str, DatasetSpec] = {"polyp": POLYP, "footulcer": FOOTULCER, "hippocampus": HIPPOCAMPUS}
+
+def reference_text(key_or_citation: str) -> str:
+    """A built-in reference by key, or the citation written out in a spec."""
+    return REFERENCES.get(key_or_citation, key_or_citation)
+
+
+def load_dataset_spec(path: str | Path) -> DatasetSpec:
+    """Read and check a dataset spec (YAML or JSON); every problem is a :class:`SpecError` naming the file.
+
+    Required: the fields of :class:`DatasetSpec` without a default. Optional: the others (losses, kind,
+    epochs, ...). ``references`` holds keys of ``REFERENCES`` or full citations; ``losses`` keys of ``LOSSES``.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SpecError(f"dataset spec {path} cannot be read: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"dataset spec {path}: expected a mapping of fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(DatasetSpec)}
+    required = [
+        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"dataset spec {path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(fields)})")
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise SpecError(f"dataset spec {path}: missing field(s) {', '.join(missing)}")
+    values = dict(data)
+    for key in ("losses", "references"):
+        if key in values:
+            if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+                raise SpecError(f"dataset spec {path}: {key} must be a list of strings")
+            values[key] = tuple(values[key])
+    if "class_names" in values:
+        values["class_names"] = tuple((int(c), str(n)) for c, n in values["class_names"])
+    if "spatial_size_3d" in values:
+        values["spatial_size_3d"] = tuple(int(v) for v in values["spatial_size_3d"])
+    spec = DatasetSpec(**values)
+    if not NAME_PATTERN.match(str(spec.name)):
+        raise SpecError(f"dataset spec {path}: name {spec.name!r} must be lower-case letters and digits")
+    if spec.kind not in KINDS:
+        raise SpecError(f"dataset spec {path}: kind must be one of {', '.join(KINDS)}, got {spec.kind!r}")
+    unknown_losses = [loss for loss in spec.losses if loss not in LOSSES]
+    if unknown_losses or not spec.losses:
+        raise SpecError(
+            f"dataset spec {path}: unknown loss(es) {', '.join(unknown_losses) or '(none listed)'}; "
+            f"known: {', '.join(LOSSES)}"
+        )
+    for key in ("image_size", "epochs", "batch_size", "dbce_radius"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"dataset spec {path}: {key} must be a positive integer, got {value!r}")
+    if not isinstance(spec.learning_rate, (int, float)) or spec.learning_rate <= 0:
+        raise SpecError(f"dataset spec {path}: learning_rate must be a positive number, got {spec.learning_rate!r}")
+    return spec
+
+
+DATASETS: dict[str, DatasetSpec] = {name: load_dataset_spec(SPECS_DIR / f"{name}.yaml") for name in BUILTIN_DATASETS}
 
 # StatsHandler, TensorBoardStatsHandler, EpochCheckpointSaver, final CheckpointSaver: last in train#handlers
 RANK0_TRAIN_HANDLERS = 4
