@@ -114,7 +114,10 @@ def run_bundle(
     if not stage_done(out, fold, "train"):
         resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
-        run(config_file=str(configs / "train.json"), dataset_dir=data_dir, fold=fold, resume=resume, **common)
+        train = [str(configs / "train.json")]
+        if "finetune_checkpoint" in overrides:  # start from a trained model (--finetune_from)
+            train.append(str(configs / "finetune.json"))
+        run(config_file=train, dataset_dir=data_dir, fold=fold, resume=resume, **common)
     if not stage_done(out, fold, "evaluate"):
         print(f"stage: evaluate {bundle.name} fold {fold}", flush=True)
         run(config_file=evaluate, dataset_dir=data_dir, fold=fold, **common)
@@ -238,6 +241,7 @@ def study(
     examples: bool = True,
     bundles_dir: str | None = None,
     spec: str | None = None,
+    finetune_from: str | None = None,
     **overrides,
 ) -> int:
     """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds and seeds.
@@ -261,6 +265,9 @@ def study(
         bundles_dir: where the bundles live (default: this repo's ``bundles/``).
         spec: your dataset's spec file (``make_bundles.py --dataset_spec``); ``dataset`` is its name and
             ``bundles_dir`` the folder its bundles were written to.
+        finetune_from: a trained checkpoint (``model.pt`` of a bundle or of an earlier study) every loss
+            starts from instead of from scratch (the bundles' ``finetune.json``: matching tensors are
+            loaded, learning rate 1e-4).
         overrides: any other bundle config id, e.g. ``--batch_size=8 --num_workers=8``.
     """
     own_spec = None
@@ -290,6 +297,10 @@ def study(
         settings["epochs"] = int(epochs)
     if device is not None:
         settings["device"] = str(device)
+    if finetune_from is not None:
+        if not Path(finetune_from).is_file():
+            raise StudyError(f"--finetune_from {finetune_from} does not exist (a trained model.pt)")
+        settings["finetune_checkpoint"] = str(Path(finetune_from).resolve())
     if "seed" in settings:
         raise StudyError("set training seeds with --seeds=[...], not --seed")
 

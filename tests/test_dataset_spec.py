@@ -121,6 +121,29 @@ def test_study_on_a_spec_dataset(tmp_path):
     assert code == 0
     report = (tmp_path / "study" / "results.md").read_text()
     assert "## Study `skin`" in report and "### Paired differences to ce" in report and "| dbce | 1 |" in report
+    # every loss fine-tuned from the trained CE model instead of trained from scratch
+    checkpoint = tmp_path / "study" / "runs" / "skin_ce" / "seed0" / "models" / "fold1" / "model.pt"
+    code = run_study.study(
+        "skin",
+        data_dir=str(data),
+        spec=str(spec),
+        bundles_dir=str(bundles),
+        output_dir=str(tmp_path / "finetuned"),
+        finetune_from=str(checkpoint),
+        bundles=["dbce"],
+        epochs=1,
+        batch_size=4,
+        val_batch_size=4,
+        num_workers=0,
+        image_size=64,
+        device="cpu",
+        examples=False,
+    )
+    assert code == 0
+    log = (tmp_path / "finetuned" / "runs" / "skin_dbce" / "seed0" / "fold1.log").read_text()
+    assert f"fine-tuning from {checkpoint}" in log  # load_pretrained_weights says how many tensors came
+    with pytest.raises(run_study.StudyError, match="--finetune_from .* does not exist"):
+        run_study.study("skin", data_dir=str(data), spec=str(spec), bundles_dir=str(bundles), finetune_from="x.pt")
     with pytest.raises(run_study.StudyError, match="needs --bundles_dir"):
         run_study.study("skin", data_dir=str(data), spec=str(spec))
     with pytest.raises(run_study.StudyError, match="describes dataset 'skin', not 'polyp'"):
