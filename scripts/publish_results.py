@@ -24,7 +24,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from custom_losses.atomic import write_text_atomic  # noqa: E402
-from scripts.study_report import discover_runs, per_image_csvs  # noqa: E402
+from scripts.study_layout import discover_runs  # noqa: E402
+from scripts.study_report import per_image_csvs  # noqa: E402
 
 PLOTS = ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "validation_curves.png")
 # results.csv columns that go into a bundle's docs and metadata (those present)

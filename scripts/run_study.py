@@ -35,8 +35,7 @@ if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importabl
 
 from scripts.bundlegen.specs import DATASETS as DATASET_SPECS  # noqa: E402
 from scripts.bundlegen.specs import DatasetSpec, SpecError, load_dataset_spec  # noqa: E402
-from scripts.study_comparison import ReportInputError  # noqa: E402
-from scripts.study_report import discover_runs, run_path, write_report  # noqa: E402
+from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
@@ -355,8 +354,17 @@ def study(
                 status[f"{name}/seed{seed}/ensemble"] = {"status": _outcome(code, error_line)}
 
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
-    write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
-    print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
+    try:
+        from scripts.study_report import write_report
+    except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
+        print(
+            f"report skipped: {error.name} is not installed; the runs are complete, build the report with "
+            f"python scripts/run_study.py report --output_dir={out}",
+            flush=True,
+        )
+    else:
+        write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
+        print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs)", file=sys.stderr)
         reasons = {status[key]["status"].split(": ", 1)[1] for key in failed if ": " in status[key]["status"]}
@@ -368,6 +376,8 @@ def study(
 def report(output_dir: str, reference: str = "ce") -> None:
     """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder from its saved
     summaries and per-image CSVs (no training), comparing every loss with ``reference``."""
+    from scripts.study_report import write_report
+
     out = Path(output_dir).resolve()
     names, seeds, folds = discover_runs(out)
     if not names:
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         study_command.__signature__ = inspect.signature(study)
         fire.Fire(study_command, command=argv, name="run_study.py")
         return exit_codes[0] if exit_codes else 0
-    except (StudyError, ReportInputError, SpecError) as error:
+    except (StudyError, SpecError, ReportInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from custom_losses.comparison import holm, mcnemar_exact, mean_ci, paired_difference
 from custom_losses.handlers import CSV_FIELDS
+from scripts.study_layout import ReportInputError
 
 
 def _number(text: str) -> float:
@@ -124,10 +125,6 @@ VOLUME_PAIRED = [
 # the metrics the closing sentences speak about: in distribution, on lesion-free images, on areas/volumes
 HEADLINE = ("dice_lesion", "lesion_free_fp_area", "lesion_free_with_lesion", "area_error_soft", "area_error_hard")
 HEADLINE_VOLUME = ("whole_dice", "whole_error_soft_ml", "whole_error_hard_ml")
-
-
-class ReportInputError(ValueError):
-    """A per-image CSV that cannot be read: the message names the file and the problem."""
 
 
 def read_runs(paths: list[Path]) -> dict[str, list[dict]]:

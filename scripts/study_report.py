@@ -36,6 +36,7 @@ from scripts.study_comparison import (  # noqa: E402
     read_runs,
     sentences,
 )
+from scripts.study_layout import run_path  # noqa: E402
 
 # (summary key, column title, what is best: "max", "min", "zero" = closest to 0, "ideal" = closest to the ideal share)
 LESION_METRICS = [
@@ -69,20 +70,6 @@ VOLUME_METRICS = [
 
 def loss_of(bundle: str) -> str:
     return bundle.split("_", 1)[1] if "_" in bundle else bundle
-
-
-def run_path(out: Path, bundle: str, seed: int) -> Path:
-    """Folder of one (bundle, seed): ``models/fold<k>``, ``eval/fold<k>``, ``logs/``, ``fold<k>.log``."""
-    return out / "runs" / bundle / f"seed{seed}"
-
-
-def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
-    """Bundles, seeds and folds with an evaluation in a study folder."""
-    summaries = sorted((out / "runs").glob("*/seed*/eval/fold*/summary.json"))
-    names = sorted({p.parents[3].name for p in summaries})
-    seeds = sorted({int(p.parents[2].name[4:]) for p in summaries})
-    folds = sorted({int(p.parent.name[4:]) for p in summaries})
-    return names, seeds, folds
 
 
 def _read_json(path: Path) -> dict | None:
