@@ -1,20 +1,103 @@
 #!/usr/bin/env bash
-# Every GPU figure that README reports as pending, in one go on one GPU:
-#   bash benchmarks/gpu_checks.sh DATA [OUT]
-# DATA holds the prepared polyp/ and footulcer/ folders (scripts/prepare_data.py); OUT (default gpu_results/)
-# receives the logs and JSON files. Steps: the CUDA tests, the loss benchmark with the FlexibleUNet step,
-# the throughput benchmark (ceiling vs bundle pipeline), then the timed seven-loss polyp study on fold 1.
-set -euo pipefail
-data=${1:?usage: bash benchmarks/gpu_checks.sh DATA [OUT]}
-out=${2:-gpu_results}
+# Every pending GPU figure, in phases that each end well inside the 10-minute limit of one command on a
+# lent GPU machine (15 minutes of machine time in all, cold start included). Here, once:
+#   python benchmarks/gpu_kit.py pack --data_dir=DATA --output=.gpu      # prepared data + wheels, <= 56 MiB
+# There (the device tool's run, carry [".gpu"]; it sets OUT), one command per phase:
+#   bash benchmarks/gpu_checks.sh 1   # wheels, CUDA tests, loss benchmark, throughput (ceiling vs bundle)
+#   bash benchmarks/gpu_checks.sh 2   # the seven-loss polyp study on fold 1 at 40 epochs, timed, with its report
+#   bash benchmarks/gpu_checks.sh 3   # DBCE radius sweep (R = 1, 3, 5, 9) on polyp fold 1 at 20 epochs
+# Everything lands in $OUT as few files (phase<N>.log, JSON, one tar.gz per study). Each line of the log
+# carries the elapsed seconds, so a phase cut by the limit still says how far it got; a failed step is
+# logged and the next one runs. Environment: KIT (.gpu), OUT (gpu_results), DEVICE (cuda), TINY=1 for the
+# CPU dry run of tests/test_gpu_kit.py (tiny sizes and epochs).
+set -uo pipefail
+phase=${1:?usage: bash benchmarks/gpu_checks.sh 1|2|3}
+kit=${KIT:-.gpu}
+out=${OUT:-gpu_results}
+device=${DEVICE:-cuda}
+tiny=${TINY:-0}
 mkdir -p "$out"
+log_file="$out/phase$phase.log"
+t0=$(date +%s)
+log() { echo "[$(($(date +%s) - t0)) s] $*" | tee -a "$log_file"; }
+step() {  # step NAME COMMAND...: run it, its output into the log, its status and time on one line
+    local name=$1 start=$(date +%s)
+    shift
+    log "start: $name"
+    "$@" >>"$log_file" 2>&1
+    local code=$?
+    log "$([ $code -eq 0 ] && echo done || echo "FAILED (exit $code)"): $name in $(($(date +%s) - start)) s"
+    return $code
+}
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python -m pytest -q -k cuda tests 2>&1 | tee "$out/cuda_tests.log"
-python benchmarks/bench_losses.py --device=cuda --output="$out/bench_losses.json" 2>&1 | tee "$out/bench_losses.log"
-python benchmarks/throughput.py --device=cuda --data_dir="$data" --output="$out/throughput.json" 2>&1 |
-    tee "$out/throughput.log"
-start=$(date +%s)
-python scripts/run_study.py polyp --data_dir="$data/polyp" --folds='[1]' --device=cuda \
-    --output_dir="$out/study_polyp" 2>&1 | tee "$out/study_polyp.log"
-echo "seven-loss polyp study, fold 1: $(($(date +%s) - start)) s wall" | tee -a "$out/study_polyp.log"
+
+if compgen -G "$kit/wheels/*.whl" >/dev/null && [ ! -d "$kit/site" ]; then
+    step "install the kit's wheels" python -m pip install --quiet --no-index --no-deps --target "$kit/site" \
+        "$kit"/wheels/*.whl
+fi
+export PYTHONPATH="$PWD:$(realpath -m "$kit/site")${PYTHONPATH:+:$PYTHONPATH}"
+step "verify the kit" python benchmarks/gpu_kit.py verify --kit="$kit" || exit 1
+
+bundles='[polyp_ce,polyp_dbce]'
+[ -d "$kit/data/footulcer" ] && bundles='[polyp_ce,polyp_dbce,footulcer_ce,footulcer_dbce]'
+if [ "$tiny" = 1 ]; then
+    bench_args=(--size=64 --repeats=2)
+    throughput_args=(--image_size=64 --epochs=2 --ceiling_steps=3 --num_workers=0)
+    study_args=(--image_size=64 --batch_size=4 --val_batch_size=4 --num_workers=0)
+    study_bundles='[ce,dbce]'
+    study_epochs=1
+    sweep_epochs=1
+    radii=(1 5)
+else
+    bench_args=()
+    throughput_args=()
+    study_args=()
+    study_bundles='[ce,dice,ce_dice,ce_linear_dice,ce_finetune_dice,balanced_ce,dbce]'
+    study_epochs=40
+    sweep_epochs=20
+    radii=(1 3 5 9)
+fi
+
+case "$phase" in
+1)
+    log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+    python - >>"$log_file" 2>&1 <<'EOF'
+import importlib.util, platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.cuda.is_available())
+wanted = ["monai", "ignite", "nibabel", "fire", "PIL", "scipy", "matplotlib", "tensorboard", "yaml", "pytest", "tifffile"]
+print("importable:", {name: importlib.util.find_spec(name) is not None for name in wanted})
+EOF
+    if [ "$device" = cuda ]; then
+        step "CUDA tests" python -m pytest -q -p no:cacheprovider -k cuda tests/test_augment.py tests/test_losses.py
+    fi
+    step "loss benchmark" python benchmarks/bench_losses.py --device="$device" "${bench_args[@]}" \
+        --output="$out/bench_losses.json"
+    step "throughput: ceiling vs bundle pipeline" python benchmarks/throughput.py --device="$device" \
+        --data_dir="$kit/data" --bundles="$bundles" "${throughput_args[@]}" --output="$out/throughput.json"
+    ;;
+2)
+    study="$out/study_polyp"
+    step "seven-loss polyp study, fold 1" python scripts/run_study.py polyp --data_dir="$kit/data/polyp" \
+        --folds='[1]' --device="$device" --output_dir="$study" --bundles="$study_bundles" --epochs="$study_epochs" \
+        "${study_args[@]}"
+    tar -czf "$out/study_polyp.tar.gz" -C "$study" --exclude='*.pt' --exclude='example_images' \
+        --exclude='example_masks' --exclude='examples' --exclude='data' . && rm -rf "$study"
+    log "packed $out/study_polyp.tar.gz (no weights)"
+    ;;
+3)
+    for radius in "${radii[@]}"; do
+        sweep="$out/sweep_r$radius"
+        step "DBCE R = $radius, polyp fold 1, $sweep_epochs epochs" python scripts/run_study.py polyp \
+            --data_dir="$kit/data/polyp" --folds='[1]' --device="$device" --output_dir="$sweep" \
+            --bundles='[dbce]' --examples=False --dbce_radius="$radius" --epochs="$sweep_epochs" "${study_args[@]}"
+    done
+    tar -czf "$out/dbce_sweep.tar.gz" -C "$out" --exclude='*.pt' $(cd "$out" && ls -d sweep_r*) &&
+        rm -rf "$out"/sweep_r*
+    log "packed $out/dbce_sweep.tar.gz"
+    ;;
+*)
+    log "unknown phase $phase (1, 2 or 3)"
+    exit 2
+    ;;
+esac
+log "phase $phase finished"
