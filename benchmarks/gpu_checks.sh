@@ -42,9 +42,10 @@ bundles='[polyp_ce,polyp_dbce]'
 [ -d "$kit/data/footulcer" ] && bundles='[polyp_ce,polyp_dbce,footulcer_ce,footulcer_dbce]'
 if [ "$tiny" = 1 ]; then
     bench_args=(--size=64 --repeats=2)
-    throughput_args=(--image_size=64 --epochs=2 --ceiling_steps=3 --num_workers=0)
-    study_args=(--image_size=64 --batch_size=4 --val_batch_size=4 --num_workers=0)
-    study_bundles='[ce,dbce]'
+    bundles='[polyp_dbce]'
+    throughput_args=(--image_size=32 --epochs=2 --ceiling_steps=2 --num_workers=0)
+    study_args=(--image_size=32 --batch_size=4 --val_batch_size=4 --num_workers=0)
+    study_bundles='[ce]'
     study_epochs=1
     sweep_epochs=1
     radii=(1 5)
