@@ -155,6 +155,61 @@ def run_tables(records: list[dict], metrics: list[tuple[str, str, str]]) -> tupl
     return rows, lines
 
 
+def _ranked(records: list[dict], key: str, score) -> list[tuple[float, str]]:
+    """(mean over runs, loss) of the per-run records, best first by ``score(mean)``."""
+    means = [(mean_std(_values(r, key))[0], r["loss"]) for r in records if r["kind"] == "runs"]
+    return sorted(((m, loss) for m, loss in means if m is not None), key=lambda item: score(item[0]))
+
+
+def opening_sentences(records: list[dict], volumes: bool) -> list[str]:
+    """Three sentences from the measured means only: who won in distribution, on lesion-free images, on
+    areas (volumes); the paired sections below say which of these differences are larger than the noise."""
+    if not records:
+        return []
+    if volumes:
+        dice, soft, hard = (
+            _ranked(records, "whole_dice", lambda m: -m),
+            _ranked(records, "whole_error_soft_ml", abs),
+            _ranked(records, "whole_error_hard_ml", abs),
+        )
+        lines = []
+        if dice:
+            (best, best_loss), (worst, worst_loss) = dice[0], dice[-1]
+            lines.append(f"Highest Dice (whole): {best_loss} ({best:.3f}; lowest {worst_loss}, {worst:.3f}).")
+        if soft and hard:
+            lines.append(
+                f"Smallest volume bias: from probabilities {soft[0][1]} ({soft[0][0]:+.3f} ml, largest {soft[-1][1]} "
+                f"{soft[-1][0]:+.3f} ml); from the mask {hard[0][1]} ({hard[0][0]:+.3f} ml)."
+            )
+        return lines + [""]
+    dice = _ranked(records, "dice_lesion", lambda m: -m)
+    fp_rate = _ranked(records, "lesion_free_fp_rate", lambda m: m)
+    fp_area = _ranked(records, "lesion_free_fp_area", lambda m: m)
+    soft, hard = _ranked(records, "area_error_soft", abs), _ranked(records, "area_error_hard", abs)
+    lines = []
+    if dice:
+        lines.append(
+            f"**In distribution**, {dice[0][1]} had the highest Dice on lesion images ({dice[0][0]:.3f}); "
+            f"{dice[-1][1]} the lowest ({dice[-1][0]:.3f})."
+        )
+    if fp_rate and fp_area:
+        lines.append(
+            f"**On lesion-free images**, {fp_rate[0][1]} put a false lesion on the fewest "
+            f"({fp_rate[0][0]:.0%} of them; "
+            f"{fp_rate[-1][1]}: {fp_rate[-1][0]:.0%}) and {fp_area[0][1]} marked the smallest area "
+            f"({fp_area[0][0]:.2%} of the pixels; {fp_area[-1][1]}: {fp_area[-1][0]:.2%})."
+        )
+    if soft and hard:
+        lines.append(
+            f"**Areas**: summed probabilities were closest to the true area with {soft[0][1]} "
+            f"({soft[0][0]:+.0%} mean relative error; {soft[-1][1]}: {soft[-1][0]:+.0%}), the thresholded mask with "
+            f"{hard[0][1]} ({hard[0][0]:+.0%})."
+        )
+    if lines:
+        lines.append("(Means over runs; which differences exceed the noise: the paired sections below.)")
+    return lines + [""]
+
+
 def per_image_csvs(out: Path, bundle: str, folds: list[int], seeds: list[int]) -> list[Path]:
     """The per-image (2D) or per-volume (3D) CSVs of a bundle's evaluated runs."""
     paths = []
@@ -409,6 +464,7 @@ def write_report(
     num_runs = {loss_of(n): len(per_image_csvs(out, n, folds, seeds)) for n in names}
 
     lines = [f"## Study `{dataset}`: {len(names)} loss bundle(s), folds {folds}, seeds {seeds}", ""]
+    lines += opening_sentences(records, volumes)
     if settings:
         lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())), ""]
     if status:

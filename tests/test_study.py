@@ -208,7 +208,7 @@ def test_report_paired_differences_over_seeds(tmp_path, capsys):
             "polyp_dice",
             seed,
             1,
-            fake_summary(0.8, 0.7, 0.1),
+            fake_summary(0.7, 0.7, 0.1),
             per_image(list(ce_dice - 0.1 + jitter), free_dice),
         )
         write_run(
@@ -231,6 +231,10 @@ def test_report_paired_differences_over_seeds(tmp_path, capsys):
     assert float(twin["dice_lesion_diff"]) == 0.0 and float(twin["dice_lesion_p"]) == 1.0
 
     table = (tmp_path / "results.md").read_text()
+    opening = table.split("### Mean")[0]  # three sentences from the measured means, before any table
+    assert "**In distribution**, ce had the highest Dice on lesion images (0.800); dice the lowest" in opening
+    assert "**On lesion-free images**, ce put a false lesion on the fewest (10% of them; dice: 70%)" in opening
+    assert "**Areas**" in opening
     ce_mean = float(np.mean(ce_dice)) * 100
     assert f"| Dice lesion (points) | dice | {ce_mean - 10:.1f} | {ce_mean:.1f} | **-10.0 [-10.0, -10.0]** |" in table
     assert "| lesion-free image predicted with a lesion | dice | 14/20 | 2/20 | 12 | 0 |" in table
