@@ -266,7 +266,10 @@ def markdown(results: list[dict], reference: str, num_runs: dict[str, int], seed
             f"resampling, 9999 resamples, seed {seed}). Bold: the interval excludes 0. p: Wilcoxon signed-rank test;",
             f"Holm p: Holm's correction over the {compared} losses compared with {reference}, per metric.",
             "Dice, IoU: higher is better; area errors (predicted minus true, % of the true area): closest to 0;",
-            "abs. errors, FP area (% of the image's pixels): lower is better.",
+            "abs. errors, FP area (% of the image's pixels): lower is better. The interval is about the mean",
+            "difference, the Wilcoxon test about the typical paired difference: with heavy-tailed errors (areas) they",
+            "can disagree, and the reading below lists a difference only when both do (interval excludes 0, Holm",
+            "p < 0.05).",
             "",
         ]
     if binary:
@@ -293,8 +296,9 @@ def markdown(results: list[dict], reference: str, num_runs: dict[str, int], seed
 
 
 def sentences(results: list[dict], reference: str, headline: tuple[str, ...]) -> list[str]:
-    """One sentence per loss from the measured differences only: those whose interval excludes 0
-    (outcomes: Holm p < 0.05) among the headline metrics, or a statement that there were none."""
+    """One sentence per loss from the measured differences only: among the headline metrics, those whose
+    interval excludes 0 and whose Holm-corrected Wilcoxon p is below 0.05 (outcomes: Holm McNemar p below
+    0.05), or a statement that there were none."""
     lines = []
     for loss in dict.fromkeys(r["loss"] for r in results):
         parts = []
@@ -306,7 +310,7 @@ def sentences(results: list[dict], reference: str, headline: tuple[str, ...]) ->
                         f"{metric.title} {r['count']}/{r['n']} against {r['reference_count']}/{r['n']} "
                         f"(Holm {p_clause(r['p_holm'])})"
                     )
-                elif not metric.binary and excludes_zero(r):
+                elif not metric.binary and excludes_zero(r) and r["p_holm"] < 0.05:
                     digits = _digits(metric)
                     parts.append(
                         f"{_scaled(r, 'difference'):+.{digits}f} {metric.unit} {metric.title} "
@@ -316,7 +320,7 @@ def sentences(results: list[dict], reference: str, headline: tuple[str, ...]) ->
         if parts:
             lines.append(f"- {loss} against {reference}: " + "; ".join(parts) + ".")
         else:
-            lines.append(f"- {loss}: no headline difference to {reference} whose 95% interval excludes 0.")
+            lines.append(f"- {loss}: no headline difference to {reference} (interval excluding 0 and Holm p < 0.05).")
     return lines
 
 

@@ -241,7 +241,7 @@ def test_report_paired_differences_over_seeds(tmp_path, capsys):
     reading = table.split("### Reading")[1]
     assert "- dice against ce: -10.0 points Dice lesion [-10.0, -10.0]" in reading
     assert "lesion-free image predicted with a lesion 14/20 against 2/20 (Holm p < 0.001)" in reading
-    assert "- twin: no headline difference to ce whose 95% interval excludes 0." in reading
+    assert "- twin: no headline difference to ce (interval excluding 0 and Holm p < 0.05)." in reading
     assert "runs per loss: ce 2, dice 2, twin 2" in table
 
     write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1], reference="focal")
