@@ -30,6 +30,9 @@ SKIN = {
 }
 
 
+TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}
+
+
 def write_spec(path: Path, **changes) -> Path:
     path.write_text(yaml.safe_dump({**SKIN, **changes}))
     return path
@@ -111,12 +114,7 @@ def test_study_on_a_spec_dataset(tmp_path):
         spec=str(spec),
         bundles_dir=str(bundles),
         output_dir=str(tmp_path / "study"),
-        epochs=1,
-        batch_size=4,
-        val_batch_size=4,
-        num_workers=0,
-        image_size=64,
-        device="cpu",
+        **TINY,
     )
     assert code == 0
     report = (tmp_path / "study" / "results.md").read_text()
@@ -131,13 +129,8 @@ def test_study_on_a_spec_dataset(tmp_path):
         output_dir=str(tmp_path / "finetuned"),
         finetune_from=str(checkpoint),
         bundles=["dbce"],
-        epochs=1,
-        batch_size=4,
-        val_batch_size=4,
-        num_workers=0,
-        image_size=64,
-        device="cpu",
         examples=False,
+        **TINY,
     )
     assert code == 0
     log = (tmp_path / "finetuned" / "runs" / "skin_dbce" / "seed0" / "fold1.log").read_text()
