@@ -12,6 +12,7 @@ Nothing that shows the data is copied (``examples.png`` stays in the study folde
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import shutil
 import sys
@@ -121,9 +122,17 @@ def publish(
     return page_path
 
 
+def publish_command(*args, **kwargs) -> None:
+    publish(*args, **kwargs)  # fire would print the returned path a second time
+
+
+publish_command.__doc__ = publish.__doc__
+publish_command.__signature__ = inspect.signature(publish)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        fire.Fire(publish, command=argv, name="publish_results.py")
+        fire.Fire(publish_command, command=argv, name="publish_results.py")
     except PublishError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -380,6 +380,8 @@ def report(output_dir: str, reference: str = "ce") -> None:
 
     out = Path(output_dir).resolve()
     names, seeds, folds = discover_runs(out)
+    order = {f"{name}_{loss}": i for name, spec in DATASET_SPECS.items() for i, loss in enumerate(spec.losses)}
+    names.sort(key=lambda n: (order.get(n, len(order)), n))  # the datasets' loss order, CE first
     if not names:
         raise StudyError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/summary.json)")
     write_report(out, names, folds, status={}, settings={}, dataset=out.name, seeds=seeds, reference=reference)
