@@ -1,6 +1,6 @@
 """Which loss for my lesion task? Train the loss bundles of a dataset, evaluate them, report.
 
-    python scripts/run_study.py demo                                   # synthetic data, CPU, ~10 min
+    python scripts/run_study.py demo                                   # synthetic data, CPU, ~6 min
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1] --epochs=40 --device=cuda
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
