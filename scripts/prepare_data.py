@@ -490,11 +490,11 @@ def prepare_polyp(
     return _write_image_dataset(output_dir, header, prepared, lesion_free, folds, size, workers)
 
 
-def _with_wound_free_training_in_test(prepared: Sequence[PreparedPair]) -> list[PreparedPair]:
-    """FUSeg protocol: wound-free training images move to the test split (source "fuseg-train-wound-free"),
-    listed after the validation images."""
+def _empty_training_masks_to_test(prepared: Sequence[PreparedPair], source: str) -> list[PreparedPair]:
+    """The study's protocol (models train only on images with a lesion): training images whose mask is empty
+    move to the test split under ``source``, listed after the other test images."""
     moved = [
-        replace(item, pair=replace(item.pair, split="test", source="fuseg-train-wound-free"))
+        replace(item, pair=replace(item.pair, split="test", source=source))
         for item in prepared
         if item.pair.split == "train" and item.source_mask_is_empty
     ]
@@ -539,7 +539,7 @@ def prepare_footulcer(
     ]
     pairs = _collect_pairs(folders, problems)
     _raise_problems(problems)
-    prepared = _with_wound_free_training_in_test(_check_all_pairs(pairs, size, workers))
+    prepared = _empty_training_masks_to_test(_check_all_pairs(pairs, size, workers), "fuseg-train-wound-free")
     _raise_problems(_copy_name_clashes(item.pair for item in prepared))
     training_stems = [item.pair.image_path.stem for item in prepared if item.pair.split == "train"]
     folds = _assign_folds(training_stems, num_folds, seed, f"training images with a wound in {fuseg_dir / 'train'}")

@@ -19,8 +19,6 @@ Training images whose mask is empty are not trained on: they join the test split
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from custom_losses.inference import IMAGE_SUFFIXES
 from scripts.prepare_data import (
     DataPreparationError,
     PreparedPair,
@@ -36,6 +35,7 @@ from scripts.prepare_data import (
     _check_in_parallel,
     _check_options,
     _copy_name_clashes,
+    _empty_training_masks_to_test,
     _png_bytes,
     _raise_problems,
     _require_positive_int,
@@ -43,7 +43,7 @@ from scripts.prepare_data import (
     _write_image_dataset,
 )
 
-FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FOLDER_SUFFIXES = IMAGE_SUFFIXES["2d"]  # what the 2D bundles' inference reads, too
 TIFF_SUFFIXES = (".tif", ".tiff")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 MASK_RULES = ("auto", "nonzero", "threshold")
@@ -203,7 +203,7 @@ def prepare_folder(
     lesion_free_dir: str | Path | None = None,
     mask_suffix: str = "",
     mask_rule: str = "auto",
-    size: int | None = 352,
+    size: int = 352,
     name: str = "lesions",
     num_folds: int = 5,
     seed: int = 0,
@@ -249,7 +249,10 @@ def prepare_folder(
             if item.pair.lesion_free_folder and not item.source_mask_is_empty
         ]
     )
-    prepared = _empty_training_masks_to_test(prepared)
+    prepared = _empty_training_masks_to_test(prepared, "train-lesion-free")
+    moved = sum(item.pair.source == "train-lesion-free" for item in prepared)
+    if moved:
+        print(f"{moved} training image(s) with an empty mask go to the test split as lesion-free", flush=True)
     _raise_problems(_copy_name_clashes(item.pair for item in prepared))
     training_stems = [item.pair.image_path.stem for item in prepared if item.pair.split == "train"]
     folds = _assign_folds(training_stems, num_folds, seed, f"training images with a lesion in {train_dir}")
@@ -265,15 +268,3 @@ def prepare_folder(
     return _write_image_dataset(
         output_dir, header, prepared, lambda item: item.source_mask_is_empty, folds, size, workers
     )
-
-
-def _empty_training_masks_to_test(prepared: Sequence[PreparedPair]) -> list[PreparedPair]:
-    """Training images with an empty mask are tested as lesion-free images instead (source "train-lesion-free")."""
-    moved = [
-        replace(item, pair=replace(item.pair, split="test", source="train-lesion-free"))
-        for item in prepared
-        if item.pair.split == "train" and item.source_mask_is_empty
-    ]
-    if moved:
-        print(f"{len(moved)} training image(s) with an empty mask go to the test split as lesion-free", flush=True)
-    return [item for item in prepared if not (item.pair.split == "train" and item.source_mask_is_empty)] + moved

@@ -60,6 +60,18 @@ def augmentations_3d() -> list[dict]:
     ]
 
 
+# 8-bit RGB image intensities to [0, 1] (training, evaluation and inference alike)
+SCALE_TO_UNIT = {
+    "_target_": "ScaleIntensityRanged",
+    "keys": "image",
+    "a_min": 0.0,
+    "a_max": 255.0,
+    "b_min": 0.0,
+    "b_max": 1.0,
+    "clip": True,
+}
+
+
 def load_transforms(spec: DatasetSpec) -> list[dict]:
     """Deterministic part: read, scale to [0, 1], binarize the mask at > 127, resize. Cached by CacheDataset."""
     if spec.kind == "mri3d":
@@ -80,15 +92,7 @@ def load_transforms(spec: DatasetSpec) -> list[dict]:
             "image_only": True,
         },
         {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
-        {
-            "_target_": "ScaleIntensityRanged",
-            "keys": "image",
-            "a_min": 0.0,
-            "a_max": 255.0,
-            "b_min": 0.0,
-            "b_max": 1.0,
-            "clip": True,
-        },
+        SCALE_TO_UNIT,
         {"_target_": "AsDiscreted", "keys": "label", "threshold": 127.5},
         {
             "_target_": "Resized",
@@ -632,15 +636,7 @@ def inference_config(spec: DatasetSpec) -> dict:
         preprocessing = [
             image_loading,
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": 0.0,
-                "a_max": 255.0,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            },
+            SCALE_TO_UNIT,
             {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
             {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
         ]
