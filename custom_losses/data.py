@@ -56,6 +56,18 @@ def _check_2d_pair(image_path: str, label_path: str) -> None:
         )
 
 
+def volume_problem(volume) -> str | None:
+    """Why a loaded NIfTI image is not one usable 3D volume (a 4D series, an affine that is not finite or
+    not invertible), or None."""
+    shape = volume.shape
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        return f"has shape {shape}: expected one 3D volume (a 4D series needs one file per volume)"
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        return "has no usable orientation: its affine is not finite or not invertible"
+    return None
+
+
 def _check_nifti_pair(image_path: str, label_path: str, num_classes: int) -> None:
     import nibabel
 
@@ -68,13 +80,10 @@ def _check_nifti_pair(image_path: str, label_path: str, num_classes: int) -> Non
         values = np.unique(np.asarray(label.dataobj))
     except Exception as error:
         raise DataError(f"label {label_path} is unreadable or corrupt: {error}") from error
-    spatial = image.shape[:3] if len(image.shape) == 3 or image.shape[3:] == (1,) else None
-    if len(image.shape) < 3 or spatial is None:
-        raise DataError(f"image {image_path} has shape {image.shape}: expected one 3D volume")
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise DataError(f"image {image_path} has no usable orientation: its affine is not finite or not invertible")
-    if spatial != label.shape[:3]:
+    problem = volume_problem(image)
+    if problem:
+        raise DataError(f"image {image_path} {problem}")
+    if image.shape[:3] != label.shape[:3]:
         raise DataError(f"label {label_path} has shape {label.shape} but image {image_path} has {image.shape}")
     unknown = [v.item() for v in values if v not in range(num_classes)]
     if unknown:

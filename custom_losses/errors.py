@@ -44,9 +44,13 @@ def report_lines(error: BaseException, traceback_file: Path | None) -> list[str]
     found = find_input_error(error)
     if found is None:
         return []
-    reason = " ".join(str(found).split())
     where = f"full traceback in {traceback_file}" if traceback_file else "no traceback file"
-    return [f"({where}; {DEBUG_ENV}=1 prints it)", f"error: {reason}"]
+    return [f"({where}; {DEBUG_ENV}=1 prints it)", error_line(found)]
+
+
+def error_line(error: InputError) -> str:
+    """``error: <the message on one line>``."""
+    return "error: " + " ".join(str(error).split())
 
 
 def install_error_report(output_dir: str | os.PathLike | None = None) -> None:
@@ -61,22 +65,23 @@ def install_error_report(output_dir: str | os.PathLike | None = None) -> None:
         return
 
     def report(exc_type, exc, tb) -> None:
-        if find_input_error(exc) is None or os.environ.get(DEBUG_ENV):
+        found = find_input_error(exc)
+        if found is None or os.environ.get(DEBUG_ENV):
             previous(exc_type, exc, tb)
             return
+        line = error_line(found)
         traceback_file = None
         if output_dir is not None:
             try:
                 traceback_file = Path(output_dir) / "logs" / TRACEBACK_FILE
                 traceback_file.parent.mkdir(parents=True, exist_ok=True)
-                reason = report_lines(exc, None)[-1]  # the one line first, then the whole story
-                traceback_file.write_text(reason + "\n\n" + "".join(traceback.format_exception(exc_type, exc, tb)))
+                # the one line first, then the whole story
+                traceback_file.write_text(line + "\n\n" + "".join(traceback.format_exception(exc_type, exc, tb)))
             except OSError:
                 traceback_file = None
-        lines = report_lines(exc, traceback_file)
         sys.stdout.flush()
-        print("\n".join(lines), file=sys.stderr, flush=True)
-        _tell_torchrun(lines[-1])
+        print("\n".join(report_lines(exc, traceback_file)), file=sys.stderr, flush=True)
+        _tell_torchrun(line)
 
     report.lesion_loss_report = True  # type: ignore[attr-defined]
     sys.excepthook = report

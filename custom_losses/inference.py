@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ignite.engine import Engine, Events
 from monai.data import NibabelWriter, PILWriter
 
 from .atomic import write_csv_atomic
+from .data import volume_problem
 from .errors import InputError, InputNotFoundError
 
 IMAGE_SUFFIXES = {"2d": (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"), "3d": (".nii.gz", ".nii")}
@@ -55,14 +55,9 @@ def check_3d(path: Path) -> None:
     import nibabel
 
     volume = nibabel.load(path)
-    shape = volume.shape
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise ValueError(f"shape {tuple(volume.shape)}: expected one 3D volume (a 4D series needs one file per volume)")
-    affine = np.asarray(volume.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or math.isclose(abs(np.linalg.det(affine[:3, :3])), 0.0, abs_tol=1e-12):
-        raise ValueError("orientation metadata (affine) is not finite or not invertible")
+    problem = volume_problem(volume)
+    if problem:
+        raise ValueError(problem)
     np.asarray(volume.dataobj[(slice(0, 1),) * 3])  # the data, not only the header, can be read
 
 
