@@ -460,8 +460,9 @@ def write_report(
     records = collect(out, names, folds, seeds)
     volumes = any("whole_dice" in s for r in records for s in r["summaries"])
     metrics, paired = (VOLUME_METRICS, VOLUME_PAIRED) if volumes else (LESION_METRICS, LESION_PAIRED)
-    runs_by_loss = {loss_of(n): read_runs(csvs) for n in names if (csvs := per_image_csvs(out, n, folds, seeds))}
-    num_runs = {loss_of(n): len(per_image_csvs(out, n, folds, seeds)) for n in names}
+    csvs_by_loss = {loss_of(n): per_image_csvs(out, n, folds, seeds) for n in names}
+    runs_by_loss = {loss: read_runs(csvs) for loss, csvs in csvs_by_loss.items() if csvs}
+    num_runs = {loss: len(csvs) for loss, csvs in csvs_by_loss.items()}
 
     lines = [f"## Study `{dataset}`: {len(names)} loss bundle(s), folds {folds}, seeds {seeds}", ""]
     lines += opening_sentences(records, volumes)

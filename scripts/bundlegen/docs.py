@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .specs import DATASETS, LOSSES, RESULTS_DIR, DatasetSpec, reference_text
+from .specs import DATASETS, LOSSES, RESULTS_DIR, DatasetSpec, measured_results, reference_text
 
 DOCS_2D = {
     "model": "FlexibleUNet with a {spec.backbone} encoder trained from scratch (no pretrained weights), input "
@@ -204,8 +203,7 @@ def index_readme(specs: list[DatasetSpec] | None = None, results_dir: Path = RES
         "|---|---|---|---|---|---|",
     ]
     for spec in DATASETS.values() if specs is None else specs:
-        results_file = results_dir / f"{spec.name}.json"
-        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        results = measured_results(spec, results_dir)
         for loss_name in spec.losses:
             loss = LOSSES[loss_name]
             measured = results.get(loss_name) or {}

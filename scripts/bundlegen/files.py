@@ -16,17 +16,11 @@ from .configs import (
 )
 from .docs import docs_readme, results_table
 from .metadata import metadata
-from .specs import DATASETS, RANK0_TRAIN_HANDLERS, REPO, RESULTS_DIR, DatasetSpec
+from .specs import DATASETS, RANK0_TRAIN_HANDLERS, REPO, RESULTS_DIR, DatasetSpec, measured_results
 
 
 def dump_json(data: dict) -> str:
     return json.dumps(data, indent=4, ensure_ascii=False) + "\n"
-
-
-def measured_results(spec: DatasetSpec, results_dir: Path = RESULTS_DIR) -> dict:
-    """Published results of a dataset's bundles (``<results_dir>/<dataset>.json``, per loss), if any."""
-    results_file = results_dir / f"{spec.name}.json"
-    return json.loads(results_file.read_text()) if results_file.is_file() else {}
 
 
 def bundle_files(spec: DatasetSpec, loss_name: str, results_dir: Path = RESULTS_DIR) -> dict[str, str]:

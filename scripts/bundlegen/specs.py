@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,3 +207,9 @@ DATASETS: dict[str, DatasetSpec] = {name: load_dataset_spec(SPECS_DIR / f"{name}
 
 # StatsHandler, TensorBoardStatsHandler, EpochCheckpointSaver, final CheckpointSaver: last in train#handlers
 RANK0_TRAIN_HANDLERS = 4
+
+
+def measured_results(spec: DatasetSpec, results_dir: Path = RESULTS_DIR) -> dict:
+    """Published results of a dataset's bundles (``<results_dir>/<dataset>.json``, per loss), if any."""
+    results_file = results_dir / f"{spec.name}.json"
+    return json.loads(results_file.read_text()) if results_file.is_file() else {}
