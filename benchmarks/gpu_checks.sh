@@ -9,13 +9,15 @@
 # Everything lands in $OUT as few files (phase<N>.log, JSON, one tar.gz per study). Each line of the log
 # carries the elapsed seconds, so a phase cut by the limit still says how far it got; a failed step is
 # logged and the next one runs. Environment: KIT (.gpu), OUT (gpu_results), DEVICE (cuda), TINY=1 for the
-# CPU dry run of tests/test_gpu_kit.py (tiny sizes and epochs).
+# CPU dry run of tests/test_gpu_kit.py (tiny sizes and epochs), STEP_LIMIT (seconds, default 540): a step
+# still running then is stopped, and what it finished is packed (the study resumes from it on a later call).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_checks.sh 1|2|3}
 kit=${KIT:-.gpu}
 out=${OUT:-gpu_results}
 device=${DEVICE:-cuda}
 tiny=${TINY:-0}
+step_limit=${STEP_LIMIT:-540}
 mkdir -p "$out"
 log_file="$out/phase$phase.log"
 t0=$(date +%s)
@@ -24,8 +26,9 @@ step() {  # step NAME COMMAND...: run it, its output into the log, its status an
     local name=$1 start=$(date +%s)
     shift
     log "start: $name"
-    "$@" >>"$log_file" 2>&1
+    timeout --kill-after=20 "$step_limit" "$@" >>"$log_file" 2>&1
     local code=$?
+    [ $code -eq 124 ] && log "stopped at STEP_LIMIT=$step_limit s: $name"
     log "$([ $code -eq 0 ] && echo done || echo "FAILED (exit $code)"): $name in $(($(date +%s) - start)) s"
     return $code
 }
@@ -82,7 +85,7 @@ EOF
         --folds='[1]' --device="$device" --output_dir="$study" --bundles="$study_bundles" --epochs="$study_epochs" \
         "${study_args[@]}"
     tar -czf "$out/study_polyp.tar.gz" -C "$study" --exclude='*.pt' --exclude='example_images' \
-        --exclude='example_masks' --exclude='examples' --exclude='data' . && rm -rf "$study"
+        --exclude='example_masks' --exclude='data' . && rm -rf "$study"
     log "packed $out/study_polyp.tar.gz (no weights)"
     ;;
 3)

@@ -44,6 +44,8 @@ DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_si
 SETTINGS = {
     "cpu": {
         "polyp": {"image_size": 128, "epochs": 14, "batch_size": 16, "val_batch_size": 16, "num_workers": 2},
+        # 128 px: 1.4% of FUSeg's 1062 wounds vanish when 512 px masks are resized, no image loses its wound
+        "footulcer": {"image_size": 128, "epochs": 12, "batch_size": 16, "val_batch_size": 16, "num_workers": 2},
     },
 }
 EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
