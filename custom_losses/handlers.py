@@ -43,9 +43,14 @@ def _image_name(item: dict, index: int) -> str:
 
 
 class _EvaluationWriter:
-    """Collects one row per evaluated item and writes the files when the evaluator completes."""
+    """Collects one row per evaluated item and writes the files at the end of the evaluator's (single) epoch.
+
+    The summary's numbers also go into ``engine.state.metrics`` as ``test_<name>``, where handlers attached
+    after this one read them: ``StatsHandler`` prints them, ``--tracking mlflow`` logs them.
+    """
 
     num_bins: int
+    extra: dict
 
     def reset(self, engine: Engine | None = None) -> None:
         self.rows: list[dict] = []
@@ -54,7 +59,15 @@ class _EvaluationWriter:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, self.write)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write_and_publish)
+
+    def write_and_publish(self, engine: Engine) -> None:
+        summary = self.write(engine)
+        for name, value in summary.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            key = name if name.startswith("test_") else f"test_{name}"
+            if number and name not in self.extra and name != "threshold" and key not in engine.state.metrics:
+                engine.state.metrics[key] = value
 
     def collect(self, engine: Engine) -> None:
         raise NotImplementedError
@@ -176,6 +189,37 @@ class StopOnNonFiniteLoss:
                 f"training loss is {value} at epoch {engine.state.epoch}, iteration {iteration}/{epoch_length}: "
                 f"training stopped{where}"
             )
+
+
+def _as_decollated(output_transform):
+    def read_batch_output(output):
+        return output_transform([output] if isinstance(output, dict) else output)
+
+    return read_batch_output
+
+
+class TrackingReadsBatchOutput:
+    """Let MONAI's experiment tracking (``--tracking mlflow``) read a trainer that post-processes whole batches.
+
+    MONAI's default MLflow settings read the loss with ``from_engine(["loss"], first=True)``, written for
+    decollated outputs (a list of items); with ``decollate`` false the output is one dict and that read
+    returns a tuple, which MLflow rejects. At the start of a run this wraps the ``output_transform`` of every
+    ``MLFlowHandler`` attached to the engine so it sees the batch dict as a one-item list. Without
+    tracking it does nothing.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.handlers import MLFlowHandler
+
+        for registered in engine._event_handlers.values():  # ignite keeps no public list of handlers
+            for handler, *_ in registered:
+                tracker = getattr(handler, "__self__", None)
+                if isinstance(tracker, MLFlowHandler) and not getattr(tracker, "_reads_batch_output", False):
+                    tracker.output_transform = _as_decollated(tracker.output_transform)
+                    tracker._reads_batch_output = True
 
 
 class AtomicCheckpointSaver(CheckpointSaver):

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,9 +31,23 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
     sys.path.insert(0, str(REPO))
 
+from scripts import study_tracking  # noqa: E402
 from scripts.bundlegen.specs import DATASETS as DATASET_SPECS  # noqa: E402
 from scripts.bundlegen.specs import DatasetSpec, SpecError, load_dataset_spec  # noqa: E402
+from scripts.study_launch import (  # noqa: E402
+    Job,
+    LaunchError,
+    SlurmOptions,
+    check_launch,
+    format_seconds,
+    outcome,
+    run_child,
+    run_parallel,
+    run_sequential,
+    submit_array,
+)
 from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
+from scripts.study_tracking import TrackingError  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
@@ -50,7 +62,6 @@ SETTINGS = {
         "hippocampus": {"epochs": 12, "batch_size": 8, "val_batch_size": 16, "num_workers": 2},
     },
 }
-EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 
 
 class StudyError(ValueError):
@@ -91,9 +102,12 @@ def run_bundle(
     overrides: dict | str = "{}",
     examples_dir: str | None = None,
     ensemble_folds: list[int] | str | None = None,
+    tracking: dict | str | None = None,
 ) -> None:
     """One (bundle, fold) in this process: train, evaluate, predict the example images (stages already
-    done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation."""
+    done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation.
+    ``tracking`` (JSON: uri, experiment, run_name, tags, params): train with MONAI's ``--tracking mlflow``
+    into that MLflow run, then add the tags, parameters and evaluation summary to it."""
     from monai.bundle import run
 
     from custom_losses.handlers import RESUME_PREFIX
@@ -101,6 +115,7 @@ def run_bundle(
     bundle, out = Path(bundle_dir), Path(run_dir)
     configs = bundle / "configs"
     overrides = json.loads(overrides) if isinstance(overrides, str) else dict(overrides)
+    tracking = json.loads(tracking) if isinstance(tracking, str) else tracking
     common = {
         "bundle_root": str(bundle),
         "output_dir": str(out),
@@ -120,10 +135,33 @@ def run_bundle(
         train = [str(configs / "train.json")]
         if "finetune_checkpoint" in overrides:  # start from a trained model (--finetune_from)
             train.append(str(configs / "finetune.json"))
-        run(config_file=train, dataset_dir=data_dir, fold=fold, resume=resume, **common)
+        if tracking:
+            logged = {"tracking_uri": tracking["uri"], "experiment_name": tracking["experiment"]}
+            logged["run_name"] = tracking["run_name"]
+            logged["save_execute_config"] = str(out / f"train_config_fold{fold}.json")  # logged as an artifact
+            run(
+                config_file=train, dataset_dir=data_dir, fold=fold, resume=resume, tracking="mlflow", **common, **logged
+            )
+        else:
+            run(config_file=train, dataset_dir=data_dir, fold=fold, resume=resume, **common)
     if not stage_done(out, fold, "evaluate"):
         print(f"stage: evaluate {bundle.name} fold {fold}", flush=True)
         run(config_file=evaluate, dataset_dir=data_dir, fold=fold, **common)
+    if tracking:
+        from scripts.study_tracking import record_run
+
+        eval_dir = out / "eval" / f"fold{fold}"
+        summary = json.loads((eval_dir / "summary.json").read_text())
+        files = [eval_dir / "summary.json", eval_dir / "per_image.csv"]
+        record_run(
+            tracking["uri"],
+            tracking["experiment"],
+            tracking["run_name"],
+            tracking["tags"],
+            tracking["params"],
+            summary,
+            files,
+        )
     if examples_dir and not stage_done(out, fold, "examples"):
         print(f"stage: examples {bundle.name} fold {fold}", flush=True)
         prediction_dir = out / "examples" / f"fold{fold}"
@@ -137,51 +175,6 @@ def run_bundle(
             **inference,
         )
         (prediction_dir / "done").write_text("ok\n")
-
-
-def _format_seconds(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def _run_child(command: list[str], log_path: Path, label: str, started: float, runs_left: int) -> tuple[int, str]:
-    """Run one child process, tee its output to ``log_path`` and print epoch progress with time left.
-
-    Returns the exit status and the child's last ``error: ...`` line (an input error, see
-    custom_losses.errors), or "" when it printed none."""
-    last_error = ""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    run_start = time.time()
-    last_report = 0.0
-    with (
-        open(log_path, "a") as log,
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as child,
-    ):
-        for line in child.stdout:
-            log.write(line)
-            match = EPOCH_LINE.search(line)
-            if match and time.time() - last_report > 5:
-                epoch, epochs, iteration, iterations = (int(g) for g in match.groups())
-                done = (epoch - 1 + iteration / iterations) / epochs
-                elapsed = time.time() - run_start
-                left = elapsed * (1 - done) / max(done, 1e-6)
-                print(
-                    f"  {label}: epoch {epoch}/{epochs}, {_format_seconds(elapsed)} elapsed, "
-                    f"~{_format_seconds(left)} left for this run, {runs_left} run(s) after it, "
-                    f"study running for {_format_seconds(time.time() - started)}",
-                    flush=True,
-                )
-                last_report = time.time()
-            elif line.startswith("error: "):
-                last_error = line.strip()
-            elif line.startswith("stage: "):
-                print(f"  {label}: {line[7:].strip()}", flush=True)
-    return child.returncode, last_error
-
-
-def _outcome(code: int, error_line: str) -> str:
-    if code == 0:
-        return "ok"
-    return f"failed (exit {code})" + (f": {error_line}" if error_line else "")
 
 
 def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
@@ -245,6 +238,17 @@ def study(
     bundles_dir: str | None = None,
     spec: str | None = None,
     finetune_from: str | None = None,
+    max_parallel: int = 1,
+    gpus: list[int] | int | None = None,
+    launcher: str = "local",
+    wait: bool = True,
+    slurm_partition: str | None = None,
+    slurm_time_min: int = 120,
+    slurm_gpus_per_job: int = 1,
+    slurm_cpus_per_job: int = 8,
+    slurm_mem_gb: int | None = None,
+    tracking: str | None = None,
+    tracking_uri: str | None = None,
     **overrides,
 ) -> int:
     """Train, evaluate and report every chosen loss bundle of ``dataset`` on the chosen folds and seeds.
@@ -271,6 +275,19 @@ def study(
         finetune_from: a trained checkpoint (``model.pt`` of a bundle or of an earlier study) every loss
             starts from instead of from scratch (the bundles' ``finetune.json``: matching tensors are
             loaded, learning rate 1e-4).
+        max_parallel: runs at a time on this machine (CPU runs share the cores).
+        gpus: GPUs to spread the runs over, one run per GPU at a time, e.g. ``[0,1,2,3]`` (each run sees
+            only its GPU, through ``CUDA_VISIBLE_DEVICES``).
+        launcher: ``local`` (this machine), ``slurm`` (one job array through submitit), or
+            ``submitit_local`` (submitit's local executor: the SLURM code path without SLURM).
+        wait: with a SLURM launcher, wait for the jobs and build the report (False: submit and return;
+            build the report later with ``run_study.py report``).
+        slurm_partition, slurm_time_min, slurm_gpus_per_job, slurm_cpus_per_job, slurm_mem_gb: resources
+            of each SLURM job.
+        tracking: ``mlflow``: every run logs to one MLflow experiment named after the study folder
+            (MONAI's ``--tracking mlflow`` for training, plus tags, evaluation and report); needs
+            ``pip install mlflow``.
+        tracking_uri: the MLflow store (default: ``OUTPUT/mlruns.db``, SQLite).
         overrides: any other bundle config id, e.g. ``--batch_size=8 --num_workers=8``.
     """
     own_spec = None
@@ -288,6 +305,11 @@ def study(
     if setting is not None and dataset not in SETTINGS.get(setting, {}):
         known = ", ".join(f"{name} ({', '.join(sets)})" for name, sets in SETTINGS.items())
         raise StudyError(f"no setting {setting!r} for {dataset}; settings (datasets): {known}")
+    if gpus is not None:
+        gpus = _int_list("gpus", gpus)
+    check_launch(launcher, max_parallel, gpus, None if device is None else str(device))
+    if tracking is not None:
+        study_tracking.require(tracking)
     started = time.time()
     out = Path(output_dir or REPO / "study" / dataset).resolve()
     bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"
@@ -317,30 +339,52 @@ def study(
         raise StudyError(f"{data_path / 'datalist.json'} does not exist (prepare it with scripts/prepare_data.py)")
     examples_dir = choose_examples(data_path, out) if examples and not volumes else None
 
-    jobs = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
+    tracking_run = None
+    if tracking is not None:
+        tracking_run = {"uri": tracking_uri or study_tracking.default_uri(out), "experiment": out.name}
+        study_tracking.ensure_experiment(tracking_run["uri"], out.name, out / "mlartifacts")
     print(f"study {dataset}: {len(names)} bundle(s) x {len(seeds)} seed(s) x {len(folds)} fold(s) -> {out}", flush=True)
+    combinations = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
     status: dict[str, dict] = {}
-    for index, (name, seed, fold) in enumerate(jobs):
+    jobs: list[Job] = []
+    for index, (name, seed, fold) in enumerate(combinations):
         run_dir = run_path(out, name, seed)
         key = f"{name}/seed{seed}/fold{fold}"
-        label = f"[{index + 1}/{len(jobs)}] {name} seed {seed} fold {fold}"
+        label = f"[{index + 1}/{len(combinations)}] {name} seed {seed} fold {fold}"
         stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
         if all(stage_done(run_dir, fold, s) for s in stages):
             print(f"{label}: finished earlier, skipped", flush=True)
             status[key] = {"status": "skipped (finished earlier)"}
             continue
-        print(f"{label}: running (log: {run_dir / f'fold{fold}.log'})", flush=True)
         command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
         command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]
         command += ["--data_dir", str(data_path), "--fold", str(fold)]
         command += ["--overrides", json.dumps({**settings, "seed": seed})]
         if examples_dir:
             command += ["--examples_dir", str(examples_dir)]
-        run_start = time.time()
-        code, error_line = _run_child(command, run_dir / f"fold{fold}.log", label, started, len(jobs) - index - 1)
-        seconds = round(time.time() - run_start, 1)
-        status[key] = {"status": _outcome(code, error_line), "seconds": seconds}
-        print(f"{label}: {status[key]['status']} in {_format_seconds(seconds)}", flush=True)
+        if tracking_run:
+            loss = name.removeprefix(f"{dataset if dataset != 'demo' else 'polyp'}_")
+            tags = {"loss": loss, "dataset": dataset, "fold": fold, "seed": seed, "bundle": name}
+            run_tracking = {**tracking_run, "run_name": key, "tags": tags, "params": {**settings, **tags}}
+            command += ["--tracking", json.dumps(run_tracking)]
+        jobs.append(Job(key, label, command, run_dir / f"fold{fold}.log"))
+
+    parallel = max_parallel if gpus is None else len(gpus)
+    if launcher != "local":
+        options = SlurmOptions(
+            slurm_partition, slurm_time_min, slurm_gpus_per_job, slurm_cpus_per_job, slurm_mem_gb, max(parallel, 64)
+        )
+        cluster = "slurm" if launcher == "slurm" else "local"
+        submitted = submit_array(jobs, out / "slurm", cluster, options, wait, started) if jobs else {}
+        if submitted is None:
+            report_command = f"python {Path(__file__).name} report --output_dir={out}"
+            print(f"not waiting: build the report when the jobs have ended: {report_command}", flush=True)
+            return 0
+        status.update(submitted)
+    elif parallel > 1 and len(jobs) > 1:
+        status.update(run_parallel(jobs, started, parallel, gpus))
+    else:
+        status.update(run_sequential(jobs, started))
 
     if ensemble:
         for name in names:
@@ -352,10 +396,11 @@ def study(
                 command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
                 command += ["--fold", "0", "--overrides", json.dumps({**settings, "seed": seed})]
                 command += ["--ensemble_folds", json.dumps(folds)]
-                code, error_line = _run_child(
-                    command, run_dir / "ensemble.log", f"{name} seed {seed} ensemble", started, 0
+                job = Job(
+                    f"{name}/seed{seed}/ensemble", f"{name} seed {seed} ensemble", command, run_dir / "ensemble.log"
                 )
-                status[f"{name}/seed{seed}/ensemble"] = {"status": _outcome(code, error_line)}
+                code, error_line = run_child(job, started, 0)
+                status[job.key] = {"status": outcome(code, error_line)}
 
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
     try:
@@ -368,7 +413,11 @@ def study(
         )
     else:
         write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
-        print(f"report: {out / 'results.md'} ({_format_seconds(time.time() - started)} in all)", flush=True)
+        print(f"report: {out / 'results.md'} ({format_seconds(time.time() - started)} in all)", flush=True)
+        if tracking_run:
+            study_tracking.record_report(tracking_run["uri"], tracking_run["experiment"], out)
+            uri = tracking_run["uri"]
+            print(f"MLflow: experiment {out.name!r} in {uri}; browse it with: mlflow ui --backend-store-uri {uri}")
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)} (see their logs)", file=sys.stderr)
         reasons = {status[key]["status"].split(": ", 1)[1] for key in failed if ": " in status[key]["status"]}
@@ -408,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         study_command.__signature__ = inspect.signature(study)
         fire.Fire(study_command, command=argv, name="run_study.py")
         return exit_codes[0] if exit_codes else 0
-    except (StudyError, SpecError, ReportInputError) as error:
+    except (StudyError, SpecError, ReportInputError, LaunchError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

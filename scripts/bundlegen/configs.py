@@ -259,6 +259,10 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "map_location": "@device",
         },
         {"_target_": "custom_losses.handlers.StopOnNonFiniteLoss", "ckpt_dir": "@ckpt_dir"},
+    ]
+    if not decollates(spec):  # --tracking mlflow reads decollated outputs
+        handlers.append({"_target_": "custom_losses.handlers.TrackingReadsBatchOutput"})
+    handlers += [
         {
             "_target_": "ValidationHandler",
             "validator": "@validate#evaluator",

@@ -132,6 +132,9 @@ python -m monai.bundle run --config_file configs/inference.json --input_dir IMAG
 torchrun --standalone --nnodes=1 --nproc_per_node=2 -m monai.bundle run \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']" --dataset_dir DATA/{spec.name}
 
+# MLflow tracking (pip install mlflow) of any of these commands: add --tracking mlflow; the store is
+# OUTPUT_DIR/mlruns.db (mlflow ui --backend-store-uri sqlite:///ABSOLUTE/OUTPUT_DIR/mlruns.db); TensorBoard: logs/
+
 # fine-tune from a trained model on your own data (matching tensors are loaded, e.g. not a new output layer)
 python -m monai.bundle run --config_file "['configs/train.json','configs/finetune.json']" \\
     --dataset_dir MY_DATA --finetune_checkpoint models/fold1/model.pt --output_dir finetuned
