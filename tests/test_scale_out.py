@@ -12,7 +12,7 @@ import pytest
 from scripts import run_study, study_tracking
 from scripts.demo_data import write_demo_layouts
 from scripts.prepare_data import prepare_polyp
-from scripts.study_launch import Job, LaunchError, check_launch, run_parallel
+from scripts.study_launch import Job, LaunchError, SlurmOptions, check_launch, run_parallel, submit_array
 
 TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}
 
@@ -39,6 +39,21 @@ def test_parallel_runs_one_per_gpu_and_go_on_after_a_failure(tmp_path, capsys):
     assert set(seen) <= {"3", "5"} and len(set(seen)) == 2  # both GPUs used, each run sees one
     printed = capsys.readouterr().out
     assert printed.count(": ok in") == 4 and "broken: failed (exit 1)" in printed
+
+
+def test_submitit_array_reports_each_job_and_can_return_at_once(tmp_path, capsys):
+    jobs = [fake_job(tmp_path, "good", "print('fine')")]
+    jobs.append(fake_job(tmp_path, "bad", "print('error: bad.json: no such loss'); raise SystemExit(2)"))
+    status = submit_array(jobs, tmp_path / "array", "local", SlurmOptions(), wait_for_jobs=True, started=0.0)
+    assert status["good"] == {"status": "ok"}
+    assert status["bad"]["status"].startswith("failed (job ") and status["bad"]["status"].endswith(
+        ": error: bad.json: no such loss"
+    )
+    assert (tmp_path / "good.log").read_text() == "fine\n"  # the run's output in its own log
+    assert sorted(json.loads((tmp_path / "array" / "jobs.json").read_text())) == ["bad", "good"]
+    later = [fake_job(tmp_path, "later", "print('done')")]
+    assert submit_array(later, tmp_path / "later", "local", SlurmOptions(), wait_for_jobs=False, started=0.0) is None
+    assert "later" in json.loads((tmp_path / "later" / "jobs.json").read_text())
 
 
 def test_launch_options_are_checked():
