@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 
 from scripts import run_study, study_tracking
-from scripts.demo_data import write_demo_layouts
-from scripts.prepare_data import prepare_polyp
 from scripts.study_launch import Job, LaunchError, SlurmOptions, check_launch, run_parallel, submit_array
-
-TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("scale_out")
-    kvasir, endotect = write_demo_layouts(root / "raw", num_train=10, num_test_lesion=4, num_test_lesion_free=2)
-    return Path(prepare_polyp(kvasir, endotect, root / "prepared", size=64)).parent
+from tests.conftest import TINY
 
 
 def fake_job(tmp_path: Path, key: str, code: str) -> Job:
@@ -84,9 +74,9 @@ def per_run_results(out: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_parallel_study_matches_sequential(tiny_data, tmp_path, monkeypatch):
+def test_parallel_study_matches_sequential(tiny_demo_data, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same threads in both, so the same arithmetic
-    kwargs = dict(data_dir=str(tiny_data), bundles=["ce", "dice"], examples=False, **TINY)
+    kwargs = dict(data_dir=str(tiny_demo_data), bundles=["ce", "dice"], examples=False, **TINY)
     assert run_study.study("demo", output_dir=str(tmp_path / "sequential"), **kwargs) == 0
     assert run_study.study("demo", output_dir=str(tmp_path / "parallel"), max_parallel=2, **kwargs) == 0
     sequential, parallel = per_run_results(tmp_path / "sequential"), per_run_results(tmp_path / "parallel")
@@ -94,12 +84,12 @@ def test_parallel_study_matches_sequential(tiny_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_data, tmp_path, capsys):
+def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_demo_data, tmp_path, capsys):
     mlflow = pytest.importorskip("mlflow")
     out = tmp_path / "study"
     code = run_study.study(
         "demo",
-        data_dir=str(tiny_data),
+        data_dir=str(tiny_demo_data),
         bundles=["ce", "dice"],
         output_dir=str(out),
         launcher="submitit_local",
@@ -147,10 +137,10 @@ def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_data, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["train", "finetune"])
-def test_bundle_tracking_mlflow_records_train_and_evaluation(tiny_data, tmp_path, stage):
+def test_bundle_tracking_mlflow_records_train_and_evaluation(tiny_demo_data, tmp_path, stage):
     mlflow = pytest.importorskip("mlflow")
     bundle = run_study.REPO / "bundles" / "polyp_ce"
-    common = ["--bundle_root", str(bundle), "--output_dir", str(tmp_path), "--dataset_dir", str(tiny_data)]
+    common = ["--bundle_root", str(bundle), "--output_dir", str(tmp_path), "--dataset_dir", str(tiny_demo_data)]
     common += ["--val_batch_size", "4", "--num_workers", "0", "--image_size", "64", "--device", "cpu"]
     common += ["--tracking", "mlflow"]
     configs = [str(bundle / "configs" / "train.json")]

@@ -17,18 +17,8 @@ import pytest
 import torch
 
 from scripts import run_study
-from scripts.demo_data import write_demo_layouts
-from scripts.prepare_data import prepare_polyp
 from scripts.study_report import convergence, write_report
-
-TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def tiny_demo_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    kvasir, endotect = write_demo_layouts(root / "raw", num_train=10, num_test_lesion=4, num_test_lesion_free=2)
-    return Path(prepare_polyp(kvasir, endotect, root / "prepared", size=64)).parent
+from tests.conftest import TINY
 
 
 def read_csv(path: Path) -> list[dict]:
