@@ -275,7 +275,8 @@ def study(
         finetune_from: a trained checkpoint (``model.pt`` of a bundle or of an earlier study) every loss
             starts from instead of from scratch (the bundles' ``finetune.json``: matching tensors are
             loaded, learning rate 1e-4).
-        max_parallel: runs at a time on this machine (CPU runs share the cores).
+        max_parallel: runs at a time on this machine (CPU runs share the cores); with a SLURM launcher,
+            the most jobs of the array running at once (default 64).
         gpus: GPUs to spread the runs over, one run per GPU at a time, e.g. ``[0,1,2,3]`` (each run sees
             only its GPU, through ``CUDA_VISIBLE_DEVICES``).
         launcher: ``local`` (this machine), ``slurm`` (one job array through submitit), or
@@ -371,8 +372,9 @@ def study(
 
     parallel = max_parallel if gpus is None else len(gpus)
     if launcher != "local":
+        at_once = parallel if parallel > 1 else SlurmOptions.array_parallelism
         options = SlurmOptions(
-            slurm_partition, slurm_time_min, slurm_gpus_per_job, slurm_cpus_per_job, slurm_mem_gb, max(parallel, 64)
+            slurm_partition, slurm_time_min, slurm_gpus_per_job, slurm_cpus_per_job, slurm_mem_gb, at_once
         )
         cluster = "slurm" if launcher == "slurm" else "local"
         submitted = submit_array(jobs, out / "slurm", cluster, options, wait, started) if jobs else {}

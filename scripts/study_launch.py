@@ -154,7 +154,6 @@ def run_parallel(
 
     where = f"GPUs {list(gpus)}" if gpus else f"{threads_per_run(max_parallel)} CPU thread(s) each"
     print(f"{len(jobs)} run(s), up to {max_parallel} at a time ({where}); logs in each run's folder", flush=True)
-    by_future = {}
     with ThreadPoolExecutor(max_workers=max_parallel) as pool:
         by_future = {pool.submit(execute, job): job for job in jobs}
         pending = set(by_future)

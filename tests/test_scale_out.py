@@ -136,42 +136,37 @@ def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_demo_data, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["train", "finetune"])
-def test_bundle_tracking_mlflow_records_train_and_evaluation(tiny_demo_data, tmp_path, stage):
+def test_bundle_tracking_mlflow_records_train_evaluate_and_finetune(tiny_demo_data, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     bundle = run_study.REPO / "bundles" / "polyp_ce"
-    common = ["--bundle_root", str(bundle), "--output_dir", str(tmp_path), "--dataset_dir", str(tiny_demo_data)]
-    common += ["--val_batch_size", "4", "--num_workers", "0", "--image_size", "64", "--device", "cpu"]
-    common += ["--tracking", "mlflow"]
-    configs = [str(bundle / "configs" / "train.json")]
-    extra = ["--epochs", "2", "--batch_size", "4"]
-    if stage == "finetune":
-        start = tmp_path / "start.pt"
-        import torch
-        from monai.bundle import ConfigParser
+    train, evaluate, finetune = (str(bundle / "configs" / f"{name}.json") for name in ("train", "evaluate", "finetune"))
+    common = ["--bundle_root", str(bundle), "--dataset_dir", str(tiny_demo_data), "--tracking", "mlflow"]
+    common += ["--batch_size", "4", "--val_batch_size", "4", "--num_workers", "0", "--image_size", "64"]
+    common += ["--device", "cpu"]
 
-        parser = ConfigParser()
-        parser.read_config(configs[0])
-        torch.save(parser.get_parsed_content("network_def").state_dict(), start)
-        configs.append(str(bundle / "configs" / "finetune.json"))
-        extra += ["--finetune_checkpoint", str(start)]
-
-    def monai_run(config_files: list[str], *args: str) -> None:
+    def monai_run(config_files: list[str], output_dir: Path, *args: str) -> list:
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(config_files)]
-        done = subprocess.run(command + common + list(args), capture_output=True, text=True)
+        command += common + ["--output_dir", str(output_dir), *args]
+        done = subprocess.run(command, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
+        client = mlflow.MlflowClient(tracking_uri="sqlite:///" + str(output_dir / "mlruns.db"))
+        experiment = client.get_experiment_by_name("monai_experiment")
+        return client, sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
 
-    monai_run(configs, *extra)
-    monai_run([configs[0], str(bundle / "configs" / "evaluate.json")])
-    client = mlflow.MlflowClient(tracking_uri="sqlite:///" + str(tmp_path / "mlruns.db"))
-    experiment = client.get_experiment_by_name("monai_experiment")
-    runs = sorted(client.search_runs([experiment.experiment_id]), key=lambda r: r.info.start_time)
-    assert len(runs) == 2  # training, evaluation
-    train, evaluation = runs
-    assert train.data.params["max_epochs"] == "2"
-    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_mean_dice")] == [1, 2]
-    iterations = 2 * int(train.data.params["epoch_length"])
-    assert len(client.get_metric_history(train.info.run_id, "train_loss")) == iterations
-    summary = json.loads((tmp_path / "eval" / "fold1" / "summary.json").read_text())
+    monai_run([train], tmp_path / "trained", "--epochs", "2")
+    client, (training, evaluation) = monai_run([train, evaluate], tmp_path / "trained")
+    assert training.data.params["max_epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(training.info.run_id, "val_mean_dice")] == [1, 2]
+    iterations = 2 * int(training.data.params["epoch_length"])
+    assert len(client.get_metric_history(training.info.run_id, "train_loss")) == iterations
+    summary = json.loads((tmp_path / "trained" / "eval" / "fold1" / "summary.json").read_text())
     for name in ("dice_lesion", "lesion_free_fp_rate", "area_error_soft"):
         assert evaluation.data.metrics[f"test_{name}"] == pytest.approx(summary[name]), name
+
+    start = tmp_path / "trained" / "models" / "fold1" / "model_final.pt"
+    finetuned = tmp_path / "finetuned"
+    client, (finetuning,) = monai_run(
+        [train, finetune], finetuned, "--finetune_checkpoint", str(start), "--epochs", "1"
+    )
+    assert finetuning.info.status == "FINISHED" and finetuning.data.params["max_epochs"] == "1"
+    assert client.get_metric_history(finetuning.info.run_id, "val_mean_dice")
