@@ -202,7 +202,8 @@ def index_readme(specs: list[DatasetSpec] | None = None, results_dir: Path = RES
         "bundle; run the commands from inside it, with `custom_losses` installed (`pip install -e .` at the repo",
         "root) or from an exported zip (`scripts/export_bundle.py`), which carries its own copy.",
         "",
-        "| bundle | dataset | loss | test Dice (lesion) | lesion-free FP rate | measured with |",
+        "| bundle | dataset | loss | test Dice (2D: lesion images; 3D: whole structure) | 2D: lesion-free FP rate; "
+        "3D: volume error from probabilities | measured with |",
         "|---|---|---|---|---|---|",
     ]
     for spec in DATASETS.values() if specs is None else specs:
@@ -210,8 +211,12 @@ def index_readme(specs: list[DatasetSpec] | None = None, results_dir: Path = RES
         for loss_name in spec.losses:
             loss = LOSSES[loss_name]
             measured = results.get(loss_name) or {}
-            dice = measured.get("dice_lesion", "pending")
-            fp_rate = measured.get("lesion_free_fp_rate", "pending")
+            if spec.kind == "mri3d":
+                dice = measured.get("whole_dice", "pending")
+                fp_rate = f"{measured['whole_error_soft_ml']} ml" if "whole_error_soft_ml" in measured else "pending"
+            else:
+                dice = measured.get("dice_lesion", "pending")
+                fp_rate = measured.get("lesion_free_fp_rate", "pending")
             source = measured.get("measured_with", "no real-data run yet")
             lines.append(
                 f"| [{spec.name}_{loss_name}]({spec.name}_{loss_name}/docs/README.md) | {spec.title} | "
