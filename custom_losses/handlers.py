@@ -16,7 +16,7 @@ from monai.handlers import CheckpointSaver
 
 from .atomic import write_csv_atomic, write_json_atomic
 from .errors import InputError, InputNotFoundError
-from .metrics import ReliabilityHistogram, image_metrics, summarize, summarize_volumes, volume_metrics
+from .metrics import ReliabilityHistogram, image_metrics, summarize, summarize_volumes, test_metrics, volume_metrics
 
 CSV_FIELDS = [
     "image",
@@ -62,12 +62,8 @@ class _EvaluationWriter:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write_and_publish)
 
     def write_and_publish(self, engine: Engine) -> None:
-        summary = self.write(engine)
-        for name, value in summary.items():
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            key = name if name.startswith("test_") else f"test_{name}"
-            if number and name not in self.extra and name != "threshold" and key not in engine.state.metrics:
-                engine.state.metrics[key] = value
+        for key, value in test_metrics(self.write(engine), exclude=(*self.extra, "threshold")).items():
+            engine.state.metrics.setdefault(key, value)
 
     def collect(self, engine: Engine) -> None:
         raise NotImplementedError

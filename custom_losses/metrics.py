@@ -135,6 +135,20 @@ def summarize(rows: Sequence[dict], reliability: ReliabilityHistogram | None = N
     return summary
 
 
+def test_metrics(summary: dict, exclude: Iterable[str] = ()) -> dict[str, float]:
+    """The summary's finite numbers (booleans, lists and ``exclude`` left out) as ``test_<name>`` metrics,
+    the names experiment trackers log an evaluation under."""
+    excluded = set(exclude)
+    return {
+        name if name.startswith("test_") else f"test_{name}": value
+        for name, value in summary.items()
+        if isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and name not in excluded
+    }
+
+
 def volume_metrics(prob: torch.Tensor, label: torch.Tensor, voxel_ml: float, class_names: dict[int, str]) -> dict:
     """Per-class Dice and volumes (ml) of one volume from softmax probabilities ``(C, *spatial)``.
 

@@ -49,7 +49,6 @@ from scripts.study_launch import (  # noqa: E402
     submit_array,
 )
 from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
-from scripts.study_tracking import TrackingError  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
@@ -70,11 +69,16 @@ class StudyError(ValueError):
     """A study that cannot start: the message names what is missing or wrong."""
 
 
+def bundle_prefix(dataset: str) -> str:
+    """The dataset part of its bundles' names (``<prefix>_<loss>``); the demo runs the polyp bundles."""
+    return "polyp" if dataset == "demo" else dataset
+
+
 def bundle_names(
     dataset: str, bundles: list[str] | str | None, bundles_dir: Path, spec: DatasetSpec | None = None
 ) -> list[str]:
     """Bundle folders to run: ``<dataset>_<loss>`` for the chosen losses (default: every loss)."""
-    prefix = "polyp" if dataset == "demo" else dataset
+    prefix = bundle_prefix(dataset)
     if bundles is None:
         names = [f"{prefix}_{loss}" for loss in (spec or DATASET_SPECS[prefix]).losses]
     else:
@@ -150,12 +154,10 @@ def run_bundle(
         print(f"stage: evaluate {bundle.name} fold {fold}", flush=True)
         run(config_file=evaluate, dataset_dir=data_dir, fold=fold, **common)
     if tracking:
-        from scripts.study_tracking import record_run
-
         eval_dir = out / "eval" / f"fold{fold}"
         summary = json.loads((eval_dir / "summary.json").read_text())
-        files = [eval_dir / "summary.json", eval_dir / "per_image.csv"]
-        record_run(
+        files = [eval_dir / "summary.json", *sorted(eval_dir.glob("per_*.csv"))]  # per_image or per_volume
+        study_tracking.record_run(
             tracking["uri"],
             tracking["experiment"],
             tracking["run_name"],
@@ -366,7 +368,7 @@ def study(
         if examples_dir:
             command += ["--examples_dir", str(examples_dir)]
         if tracking_run:
-            loss = name.removeprefix(f"{dataset if dataset != 'demo' else 'polyp'}_")
+            loss = name.removeprefix(f"{bundle_prefix(dataset)}_")
             tags = {"loss": loss, "dataset": dataset, "fold": fold, "seed": seed, "bundle": name}
             run_tracking = {**tracking_run, "run_name": key, "tags": tags, "params": {**settings, **tags}}
             command += ["--tracking", json.dumps(run_tracking)]
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         study_command.__signature__ = inspect.signature(study)
         fire.Fire(study_command, command=argv, name="run_study.py")
         return exit_codes[0] if exit_codes else 0
-    except (StudyError, SpecError, ReportInputError, LaunchError, TrackingError) as error:
+    except (StudyError, SpecError, ReportInputError, LaunchError, study_tracking.TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -9,7 +9,6 @@ study knows: tags (loss, dataset, fold, seed), the study settings as parameters,
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -73,17 +72,15 @@ def record_run(
     """Tags, parameters (those not logged yet), the evaluation summary and its files on the run; returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from custom_losses.metrics import test_metrics
+
     client = _client(uri)
     run = find_or_create_run(uri, experiment, run_name)
     run_id = run.info.run_id
     logged = run.data.params
     new_params = [Param(k, str(v)) for k, v in params.items() if k not in logged]
     now = int(1000 * time.time())
-    metrics = [
-        Metric(k if k.startswith("test_") else f"test_{k}", float(v), now, 0)
-        for k, v in summary.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ]
+    metrics = [Metric(name, float(value), now, 0) for name, value in test_metrics(summary).items()]
     client.log_batch(run_id, metrics=metrics, params=new_params, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     for path in files:
         if path.is_file():

@@ -118,6 +118,8 @@ def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_demo_data, tmp
     assert ce.data.params["epochs"] == "1" and ce.data.params["image_size"] == "64"
     summary = json.loads((out / "runs" / "polyp_ce" / "seed0" / "eval" / "fold1" / "summary.json").read_text())
     assert ce.data.metrics["test_dice_lesion"] == pytest.approx(summary["dice_lesion"])
+    logged_files = {Path(a.path).name for a in client.list_artifacts(ce.info.run_id, "evaluation")}
+    assert logged_files == {"summary.json", "per_image.csv"}
     for metric in ("train_loss", "train_mean_dice", "val_mean_dice"):  # from MONAI's --tracking mlflow
         assert client.get_metric_history(ce.info.run_id, metric), metric
     assert [m.step for m in client.get_metric_history(ce.info.run_id, "val_mean_dice")] == [1]
