@@ -224,13 +224,25 @@ class AtomicCheckpointSaver(CheckpointSaver):
     MONAI 1.6.1 builds its savers with ``atomic=False``, so a run killed while saving leaves a truncated
     ``.pt`` that looks complete (and a later resume or evaluation fails on it). Ignite's atomic save also
     gives group/others read permission, the reason MONAI had turned it off.
+
+    ``key_metric_from_epoch``: the key-metric checkpoint only competes from this (1-based) trainer epoch on;
+    earlier epochs score ``-inf``, so a model of that phase is only kept until the first one that counts
+    (CE then Dice: the best model of the Dice fine-tuning, not an earlier CE epoch).
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, key_metric_from_epoch: int = 1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+        if self._key_metric_checkpoint is not None and key_metric_from_epoch > 1:
+            score = self._key_metric_checkpoint.score_function
+            first = int(key_metric_from_epoch)
+
+            def score_from_epoch(engine):  # the evaluator's epoch is the trainer's (ValidationHandler)
+                return score(engine) if engine.state.epoch >= first else -math.inf
+
+            self._key_metric_checkpoint.score_function = score_from_epoch
 
 
 RESUME_PREFIX = "resume"

@@ -34,9 +34,18 @@ def linear_alpha(epoch: int, epochs: int) -> float:
 
 
 def finetune_alpha(epoch: int, epochs: int) -> float:
-    """1 while ``e <= 0.9 * E``, else 0: CE, then Dice for the last ~10% of the epochs."""
+    """1 while ``e <= 0.9 * E``, else 0: CE, then Dice for the last ~10% of the epochs; at least the last
+    epoch is Dice when ``E >= 2`` (``e <= 0.9 E`` alone would leave ``E <= 10`` pure CE)."""
     _check_epoch(epoch, epochs)
-    return 1.0 if epoch <= 0.9 * epochs else 0.0
+    return 1.0 if epoch <= 0.9 * epochs and (epoch < epochs - 1 or epochs == 1) else 0.0
+
+
+def selection_start_epoch(schedule: str, epochs: int) -> int:
+    """First (1-based) epoch whose model may be kept as the best: the first Dice epoch for ``finetune``
+    (its model is a fine-tuned one, not an earlier CE epoch), 1 for the others."""
+    if schedule != "finetune":
+        return 1
+    return next((e + 1 for e in range(epochs) if finetune_alpha(e, epochs) == 0.0), 1)
 
 
 ALPHA_SCHEDULES: dict[str, Callable[[int, int], float]] = {

@@ -51,7 +51,14 @@ from scripts.study_launch import (  # noqa: E402
 from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
-DEMO_SETTINGS = {"epochs": 12, "batch_size": 16, "val_batch_size": 16, "image_size": 64, "num_workers": 0}
+DEMO_SETTINGS = {
+    "epochs": 16,
+    "batch_size": 8,
+    "val_batch_size": 16,
+    "image_size": 64,
+    "num_workers": 0,
+    "learning_rate": 1e-3,
+}
 # Named reduced-scale settings (--setting=NAME): bundle overrides per dataset, measured on the 2-core CPU of
 # the development machine (see docs/results/). Explicit --epochs, --device and overrides win over them.
 SETTINGS = {
@@ -217,6 +224,22 @@ def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
     return destination
 
 
+def check_overrides(overrides: dict, names: list[str], bundles_root: Path) -> None:
+    """Every override must be an id of the bundles' configs: a misspelt option (``--learning_rat``) or a
+    flag meant for the study would otherwise become a new, unused config id and be silently ignored."""
+    known: set[str] = set()
+    for name in names:
+        for config in sorted((bundles_root / name / "configs").glob("*.json")):
+            content = json.loads(config.read_text())
+            known.update(content if isinstance(content, dict) else {})
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise StudyError(
+            f"unknown option(s) {', '.join('--' + k for k in unknown)}: neither an option of run_study.py nor "
+            f"an id in the configs of {names[0]} (run_study.py --help lists the options)"
+        )
+
+
 def _int_list(name: str, value: list[int] | tuple[int, ...] | int) -> list[int]:
     values = [value] if isinstance(value, int) else list(value)
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -333,6 +356,7 @@ def study(
         settings["finetune_checkpoint"] = str(Path(finetune_from).resolve())
     if "seed" in settings:
         raise StudyError("set training seeds with --seeds=[...], not --seed")
+    check_overrides(overrides, names, bundles_root)
 
     if dataset == "demo":
         data_path = Path(data_dir).resolve() if data_dir else prepare_demo_data(out / "data")
@@ -454,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in commands:
             fire.Fire(commands[argv[0]], command=argv[1:], name=argv[0])
             return 0
+        if any(arg in ("--help", "-h") for arg in argv):  # with **overrides, fire would take it as one
+            argv = ["--help"]
         exit_codes: list[int] = []
 
         def study_command(*args, **kwargs) -> None:

@@ -20,6 +20,7 @@ from monai.data import load_net_with_metadata
 from monai.utils import set_determinism
 from PIL import Image
 
+from scripts.bundlegen.configs import SELECTION_START
 from scripts.make_bundles import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
 from scripts.synthetic import write_prepared_polyp
 
@@ -90,6 +91,9 @@ def test_the_bundles_of_a_dataset_differ_only_in_the_loss(dataset):
     assert sorted(trains) == sorted(f"{dataset}_{loss}" for loss in losses)
     reference = trains[f"{dataset}_ce"]
     for name, config in trains.items():
+        savers = [h for h in config["validate"]["handlers"] if "save_key_metric" in h]
+        from_epoch = [s.pop("key_metric_from_epoch", None) for s in savers]  # schedule bundles only
+        assert from_epoch == [("$" + SELECTION_START) if "alpha_schedule" in config else None], name
         differing = {key for key in set(config) | set(reference) if config.get(key) != reference.get(key)}
         assert differing <= {"loss", "train", "dbce_radius", "alpha_schedule"}, (name, differing)
         handler_targets = [h["_target_"] for h in config["train"]["handlers"]]

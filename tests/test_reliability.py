@@ -312,3 +312,25 @@ def test_every_checkpoint_is_saved_atomically(tmp_path):
     )
     checkpoints = (saver._final_checkpoint, saver._key_metric_checkpoint, saver._interval_checkpoint)
     assert all(c.save_handler._atomic for c in checkpoints)
+
+
+def test_key_metric_checkpoint_competes_only_from_its_first_epoch(tmp_path):
+    """CE then Dice keeps the best model of its Dice phase, even when a CE epoch validated better."""
+    from ignite.engine import Engine
+
+    model = torch.nn.Linear(1, 1)
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"model": model}, save_key_metric=True, key_metric_filename="model.pt", key_metric_from_epoch=4
+    )
+    evaluator = Engine(lambda engine, batch: None)
+    saver.attach(evaluator)
+    evaluator.state.key_metric_name = "val_mean_dice"
+    kept = {}
+    for epoch, dice in enumerate([0.5, 0.9, 0.6, 0.7, 0.8, 0.75], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        evaluator.state.epoch, evaluator.state.metrics = epoch, {"val_mean_dice": dice}
+        evaluator.fire_event(Events.EPOCH_COMPLETED)
+        kept[epoch] = torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()
+    assert kept[1] == kept[2] == kept[3] == 1.0  # before epoch 4: a placeholder until a model that counts
+    assert kept[4] == 4.0 and kept[5] == 5.0 and kept[6] == 5.0  # then the best from epoch 4 on, not 0.9

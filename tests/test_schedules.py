@@ -22,6 +22,8 @@ def test_schedule_edge_cases():
     assert linear_alpha(0, 1) == 1.0
     assert finetune_alpha(0, 1) == 1.0
     assert [finetune_alpha(e, 40) for e in range(40)].count(0.0) == 3  # e = 37, 38, 39 (> 36)
+    for epochs in (2, 5, 10):  # e <= 0.9 E holds for every epoch: the last one is still Dice
+        assert [finetune_alpha(e, epochs) for e in range(epochs)] == [1.0] * (epochs - 1) + [0.0]
     with pytest.raises(ValueError, match="epoch"):
         linear_alpha(12, 12)
 
@@ -63,3 +65,13 @@ def test_handler_rejects_bad_arguments():
         alpha_scheduler(CEDiceLoss(), "cosine", 10)
     with pytest.raises(TypeError, match="alpha"):
         alpha_scheduler(CrossEntropyLoss(), "linear", 10)
+
+
+@pytest.mark.parametrize("epochs,first", [(1, 1), (2, 2), (10, 10), (12, 12), (16, 16), (22, 21), (40, 38)])
+def test_selection_starts_at_the_first_dice_epoch(epochs, first):
+    from custom_losses.schedules import selection_start_epoch
+
+    assert selection_start_epoch("finetune", epochs) == first
+    if epochs > 1:
+        assert finetune_alpha(first - 1, epochs) == 0.0 and finetune_alpha(first - 2, epochs) == 1.0
+    assert selection_start_epoch("linear", epochs) == selection_start_epoch("combo", epochs) == 1

@@ -200,6 +200,10 @@ def dice_metric(spec: DatasetSpec) -> dict:
     }
 
 
+# CE then Dice keeps the best model of its Dice epochs (other schedules: from epoch 1)
+SELECTION_START = "custom_losses.schedules.selection_start_epoch(@alpha_schedule, @epochs)"
+
+
 def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     loss = LOSSES[loss_name]
     config = common_config(spec)
@@ -333,6 +337,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
                 "save_dict": {"model": "@network"},
                 "save_key_metric": True,
                 "key_metric_filename": "model.pt",
+                **({"key_metric_from_epoch": expr(SELECTION_START)} if loss.schedule else {}),
             },
         ],
         "key_metric": {"val_mean_dice": dice_metric(spec)},

@@ -79,7 +79,9 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
     if loss.schedule:
         overrides.append(
             f"- `alpha_schedule` (default `{loss.schedule}`): `combo`, `linear` or `finetune`, applied by "
-            "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume)."
+            "MONAI's `ParamSchedulerHandler` at the start of every epoch (stateless: right after a resume). "
+            "With `finetune`, `model.pt` is the best validation checkpoint of the Dice epochs only "
+            "(`custom_losses.schedules.selection_start_epoch`): a fine-tuned model, not an earlier CE epoch."
         )
     loss_overrides = "\n".join(overrides)
     model = texts["model"].format(spec=spec)
