@@ -53,6 +53,35 @@ LESION_METRICS = [
     ("ece", "ECE", "min"),
 ]
 
+BETTER = {
+    "max": "higher is better",
+    "min": "lower is better",
+    "zero": "closest to 0 is better; + over-, - under-estimates",
+    "ideal": "closest to the share of lesion-free test images is better",
+}
+COLUMN_MEANINGS = {
+    "dice_lesion": "mean Dice over the test images that hold a lesion",
+    "iou_lesion": "mean IoU (Jaccard) over the test images that hold a lesion",
+    "dice_all": "mean Dice over all test images; a lesion-free image scores 1 if predicted empty, else 0",
+    "predicted_empty_share": "share of test images predicted without any lesion",
+    "lesion_free_fp_rate": "share of lesion-free images with at least one predicted lesion pixel",
+    "lesion_free_fp_area": "mean share of a lesion-free image's pixels predicted as lesion",
+    "area_error_hard": "mean of (predicted mask area - true area) / true area, on lesion images",
+    "area_error_soft": "mean of (sum of lesion probabilities - true area) / true area, on lesion images",
+    "abs_area_error_hard": "mean of |predicted mask area - true area| / true area, on lesion images",
+    "abs_area_error_soft": "mean of |sum of probabilities - true area| / true area, on lesion images",
+    "ece": "expected calibration error of the pixel probabilities (reliability.png)",
+    "whole_dice": "Dice of the whole hippocampus (anterior + posterior), per volume",
+    "anterior_dice": "Dice of the anterior class, per volume",
+    "posterior_dice": "Dice of the posterior class, per volume",
+    "whole_error_hard_ml": "predicted (argmax mask) minus true whole volume, ml",
+    "whole_error_soft_ml": "summed probabilities minus true whole volume, ml",
+    "whole_abs_error_hard_ml": "|predicted mask volume - true volume|, ml",
+    "whole_abs_error_soft_ml": "|summed probabilities - true volume|, ml",
+    "anterior_error_soft_ml": "summed anterior probabilities minus true anterior volume, ml",
+    "posterior_error_soft_ml": "summed posterior probabilities minus true posterior volume, ml",
+}
+
 
 VOLUME_METRICS = [
     ("whole_dice", "Dice whole", "max"),
@@ -148,9 +177,9 @@ def run_tables(records: list[dict], metrics: list[tuple[str, str, str]]) -> tupl
                 cells.append(f"**{text}**" if i in best.get((kind, key), set()) else text)
             lines.append(f"| {records[i]['loss']} | {len(records[i]['summaries'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Best value per column in bold (pred. empty: closest to the share of lesion-free images; signed")
-    lines.append("errors: closest to 0). Area errors are relative to the true area, on lesion images; volume errors")
-    lines.append("are predicted minus true volume, hard = argmax mask, soft = sum of probabilities.")
+    lines.append("Best value per column in bold. Columns, and which way is better:")
+    lines.append("")
+    lines += [f"- **{title}**: {COLUMN_MEANINGS[key]} ({BETTER[direction]})" for key, title, direction in metrics]
     lines.append("")
     return rows, lines
 
