@@ -78,7 +78,9 @@ def record_run(
     run = find_or_create_run(uri, experiment, run_name)
     run_id = run.info.run_id
     logged = run.data.params
-    new_params = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+    # MLflow names may not hold "#": a nested config id is written with MONAI's other separator, "::"
+    names = {k: k.replace("#", "::") for k in params}
+    new_params = [Param(names[k], str(v)) for k, v in params.items() if names[k] not in logged]
     now = int(1000 * time.time())
     metrics = [Metric(name, float(value), now, 0) for name, value in test_metrics(summary).items()]
     client.log_batch(run_id, metrics=metrics, params=new_params, tags=[RunTag(k, str(v)) for k, v in tags.items()])

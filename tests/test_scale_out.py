@@ -116,6 +116,7 @@ def test_submitit_array_with_mlflow_tracking_and_tensorboard(tiny_demo_data, tmp
         "seed": "0",
     }
     assert ce.data.params["epochs"] == "1" and ce.data.params["image_size"] == "64"
+    assert ce.data.params["network_def::backbone"] == "resnet10"  # the demo's nested override, MLflow-safe name
     summary = json.loads((out / "runs" / "polyp_ce" / "seed0" / "eval" / "fold1" / "summary.json").read_text())
     assert ce.data.metrics["test_dice_lesion"] == pytest.approx(summary["dice_lesion"])
     logged_files = {Path(a.path).name for a in client.list_artifacts(ce.info.run_id, "evaluation")}
