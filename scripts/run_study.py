@@ -183,7 +183,7 @@ def run_bundle(
         inference = {k: v for k, v in common.items() if k in ("bundle_root", "output_dir", "logging_file", "meta_file")}
         inference_ids = json.loads((configs / "inference.json").read_text())
         # the overrides inference.json knows (device, image_size, network_def#backbone...), not training's
-        inference.update({k: v for k, v in overrides.items() if k.split("#")[0] in inference_ids})
+        inference.update({k: v for k, v in overrides.items() if top_level_id(k) in inference_ids})
         run(
             config_file=str(configs / "inference.json"),
             input_dir=examples_dir,
@@ -230,6 +230,13 @@ def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
     return destination
 
 
+def top_level_id(key: str) -> str:
+    """``network_def`` of ``network_def#backbone`` or ``network_def::backbone`` (MONAI's id separators)."""
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    return ReferenceResolver.split_id(key)[0]
+
+
 def check_overrides(overrides: dict, names: list[str], bundles_root: Path) -> None:
     """Every override must be an id of the bundles' configs: a misspelt option (``--learning_rat``) or a
     flag meant for the study would otherwise become a new, unused config id and be silently ignored."""
@@ -238,7 +245,7 @@ def check_overrides(overrides: dict, names: list[str], bundles_root: Path) -> No
         for config in sorted((bundles_root / name / "configs").glob("*.json")):
             content = json.loads(config.read_text())
             known.update(content if isinstance(content, dict) else {})
-    unknown = sorted(key for key in overrides if key.split("#")[0] not in known)  # network_def#backbone
+    unknown = sorted(key for key in overrides if top_level_id(key) not in known)
     if unknown:
         raise StudyError(
             f"unknown option(s) {', '.join('--' + k for k in unknown)}: neither an option of run_study.py nor "

@@ -71,6 +71,7 @@ def record_run(
 ) -> str:
     """Tags, parameters (those not logged yet), the evaluation summary and its files on the run; returns its id."""
     from mlflow.entities import Metric, Param, RunTag
+    from monai.bundle.reference_resolver import ReferenceResolver
 
     from custom_losses.metrics import test_metrics
 
@@ -79,7 +80,7 @@ def record_run(
     run_id = run.info.run_id
     logged = run.data.params
     # MLflow names may not hold "#": a nested config id is written with MONAI's other separator, "::"
-    names = {k: k.replace("#", "::") for k in params}
+    names = {k: ReferenceResolver.normalize_id(k) for k in params}
     new_params = [Param(names[k], str(v)) for k, v in params.items() if names[k] not in logged]
     now = int(1000 * time.time())
     metrics = [Metric(name, float(value), now, 0) for name, value in test_metrics(summary).items()]
