@@ -56,6 +56,12 @@ def last_error_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def seconds_left(elapsed: float, done: float, resumed_at: float = 0.0) -> float:
+    """Time left for a run that has done the fraction ``done``, ``elapsed`` seconds after this process
+    started at the fraction ``resumed_at`` (0 for a fresh run, later for one resumed from a checkpoint)."""
+    return elapsed * (1 - done) / max(done - resumed_at, 1e-6)
+
+
 def run_child(
     job: Job,
     started: float,
@@ -70,6 +76,7 @@ def run_child(
     job.log.parent.mkdir(parents=True, exist_ok=True)
     run_start = time.time()
     last_report = 0.0
+    resumed_at = None  # fraction done when this process started (a resumed run starts mid-way)
     env = {**os.environ, **job.env} if job.env else None
     with (
         open(job.log, "a") as log,
@@ -83,11 +90,13 @@ def run_child(
             if match:
                 epoch, epochs, iteration, iterations = (int(g) for g in match.groups())
                 done = (epoch - 1 + iteration / iterations) / epochs
+                if resumed_at is None:
+                    resumed_at = (epoch - 1) / epochs
                 if on_epoch is not None:
                     on_epoch(job.key, epoch, epochs, done)
                 elif time.time() - last_report > 5:
                     elapsed = time.time() - run_start
-                    left = elapsed * (1 - done) / max(done, 1e-6)
+                    left = seconds_left(elapsed, done, resumed_at)
                     print(
                         f"  {job.label}: epoch {epoch}/{epochs}, {format_seconds(elapsed)} elapsed, "
                         f"~{format_seconds(left)} left for this run, {runs_left} run(s) after it, "

@@ -10,12 +10,27 @@ from pathlib import Path
 import pytest
 
 from scripts import run_study, study_tracking
-from scripts.study_launch import Job, LaunchError, SlurmOptions, check_launch, run_parallel, submit_array
+from scripts.study_launch import (
+    Job,
+    LaunchError,
+    SlurmOptions,
+    check_launch,
+    run_parallel,
+    seconds_left,
+    submit_array,
+)
 from tests.conftest import TINY
 
 
 def fake_job(tmp_path: Path, key: str, code: str) -> Job:
     return Job(key, key, [sys.executable, "-c", code], tmp_path / f"{key}.log")
+
+
+def test_time_left_of_a_resumed_run_counts_only_the_epochs_done_since_it_resumed():
+    # a fresh run: 2 of 10 epochs in 60 s, 8 left
+    assert seconds_left(60.0, 0.2) == pytest.approx(240.0)
+    # resumed at epoch 5 of 10: 1 epoch in 60 s is 60 s per epoch, not 12 s (5 epochs in 60 s)
+    assert seconds_left(60.0, 0.5, resumed_at=0.4) == pytest.approx(300.0)
 
 
 def test_parallel_runs_one_per_gpu_and_go_on_after_a_failure(tmp_path, capsys):
