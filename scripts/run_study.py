@@ -51,6 +51,7 @@ from scripts.study_launch import (  # noqa: E402
 from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
+STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
 # The demo's settings, chosen from measured validation curves to converge inside 10 minutes on a 2-core CPU
 # (README "What the demo measured"); tests/test_demo_settings.py keeps them within that measured budget.
 DEMO_SETTINGS = {
@@ -447,6 +448,7 @@ def study(
 
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
     try:
+        from custom_losses.atomic import write_text_atomic
         from scripts.study_report import write_report
     except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
         print(
@@ -455,6 +457,8 @@ def study(
             flush=True,
         )
     else:
+        record = {"dataset": dataset, "bundles": names, "settings": settings, "status": status}
+        write_text_atomic(out / STUDY_RECORD, json.dumps(record, indent=4) + "\n")
         write_report(out, names, folds, status, settings=settings, dataset=dataset, seeds=seeds, reference=reference)
         print(f"report: {out / 'results.md'} ({format_seconds(time.time() - started)} in all)", flush=True)
         if tracking_run:
@@ -471,7 +475,8 @@ def study(
 
 def report(output_dir: str, reference: str = "ce") -> None:
     """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder from its saved
-    summaries and per-image CSVs (no training), comparing every loss with ``reference``."""
+    summaries and per-image CSVs (no training), comparing every loss with ``reference``; the dataset,
+    settings and run statuses come from ``study.json``, written by the last study command."""
     from scripts.study_report import write_report
 
     out = Path(output_dir).resolve()
@@ -480,7 +485,19 @@ def report(output_dir: str, reference: str = "ce") -> None:
     names.sort(key=lambda n: (order.get(n, len(order)), n))  # the datasets' loss order, CE first
     if not names:
         raise StudyError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/summary.json)")
-    write_report(out, names, folds, status={}, settings={}, dataset=out.name, seeds=seeds, reference=reference)
+    record_path = out / STUDY_RECORD  # the last study command's dataset, bundles, settings and run statuses
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    names += [name for name in record.get("bundles", []) if name not in names]  # e.g. a failed one
+    write_report(
+        out,
+        names,
+        folds,
+        status=record.get("status", {}),
+        settings=record.get("settings", {}),
+        dataset=record.get("dataset", out.name),
+        seeds=seeds,
+        reference=reference,
+    )
     print(f"report: {out / 'results.md'}")
 
 

@@ -348,7 +348,19 @@ def convergence(curve: list[tuple[int, float]]) -> dict:
         "tail_epochs": tail,
         "tail_gain": gain,
         "flattened": bool(gain < FLAT_TOLERANCE) if not math.isnan(gain) else False,
+        # not flattened, but the last epochs fell back from a late best: a peak rather than a rise
+        "fell_after_peak": bool(values[-1] < best - FLAT_TOLERANCE),
     }
+
+
+def convergence_verdict(result: dict) -> str:
+    if result["flattened"]:
+        return "yes"
+    if math.isnan(result["tail_gain"]):
+        return "**no** (too few epochs to tell)"
+    if result["fell_after_peak"]:
+        return f"**no**: peaked at epoch {result['best_epoch']}, then fell"
+    return "**no**: still rising"
 
 
 def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> dict[str, list]:
@@ -378,12 +390,15 @@ def convergence_lines(curves: dict[str, list]) -> list[str]:
             gain = "n/a" if math.isnan(c["tail_gain"]) else f"{c['tail_gain']:+.3f} (last {c['tail_epochs']})"
             lines.append(
                 f"| {loss} | {label} | {c['epochs']} | {c['best']:.3f} ({c['best_epoch']}) | {c['last']:.3f} | "
-                f"{gain} | {'yes' if c['flattened'] else '**no**'} |"
+                f"{gain} | {convergence_verdict(c)} |"
             )
     lines += [
         "",
         f"Flattened: the best validation Dice rose by less than {FLAT_TOLERANCE} over the last fifth of the epochs",
-        "(at least 2); a run marked no was still improving when it stopped.",
+        f"(at least 2). *Still rising*: it ended within {FLAT_TOLERANCE} of a best reached in that stretch, so",
+        "more epochs may still help. *Peaked, then fell*: its best came in that stretch and the last epoch was",
+        f"more than {FLAT_TOLERANCE} below it (the saved model is the best epoch's); whether more epochs help",
+        "or the peak is the noise of a small validation set, only a longer run tells.",
         "",
     ]
     return lines

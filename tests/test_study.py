@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from scripts import run_study
-from scripts.study_report import convergence, write_report
+from scripts.study_report import convergence, convergence_verdict, write_report
 from tests.conftest import TINY
 
 
@@ -88,10 +88,11 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert [r["loss"] for r in read_csv(out / "results.csv")] == ["ce", "dice"]
     assert "NoSuchLoss" in (out / "runs" / "polyp_broken" / "seed0" / "fold1.log").read_text()
 
-    # the report rebuilds from the saved summaries and per-image CSVs alone
+    # the report rebuilds the same page from the saved summaries, per-image CSVs and study record alone
     (out / "results.md").unlink()
     run_study.report(str(out))
-    assert "### Paired differences to ce" in (out / "results.md").read_text()
+    assert (out / "results.md").read_text() == table
+    assert "### Paired differences to ce" in table
 
 
 def test_study_refuses_bad_arguments(tmp_path):
@@ -307,6 +308,12 @@ def test_convergence_says_whether_the_curve_flattened():
     noisy = [(1, 0.3), (2, 0.5), (3, 0.45), (4, 0.505), (5, 0.49)]  # last two: +0.005 over the best before
     assert convergence(noisy)["flattened"]
     assert not convergence([(1, 0.4), (2, 0.5)])["flattened"]  # too short to tell
+    assert convergence_verdict(convergence([(1, 0.4), (2, 0.5)])) == "**no** (too few epochs to tell)"
+    assert convergence_verdict(convergence(rising)) == "**no**: still rising"
+    assert convergence_verdict(convergence(flat)) == "yes"
+    peaked = [(e, v) for e, v in enumerate([0.3, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.65, 0.62], start=1)]
+    assert not convergence(peaked)["flattened"]  # +0.05 in the last fifth, at epoch 9
+    assert convergence_verdict(convergence(peaked)) == "**no**: peaked at epoch 9, then fell"
 
 
 def test_publish_copies_the_report_but_no_data_images(tmp_path):
