@@ -320,9 +320,11 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     from scripts.publish_results import bundle_results, publish
 
     study = tmp_path / "study"
-    write_run(study, "polyp_ce", 0, 1, fake_summary(0.8, 0.1, 0.1), per_image([0.7, 0.8], [False, True]))
-    write_run(study, "polyp_dice", 0, 1, fake_summary(0.7, 0.9, 0.3), per_image([0.6, 0.8], [True, True]))
-    write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="unit")
+    lesion_free = {"num_lesion_free": 10}
+    write_run(study, "polyp_ce", 0, 1, fake_summary(0.8, 0.1, 0.1) | lesion_free, per_image([0.7, 0.8], [False, True]))
+    write_run(study, "polyp_dice", 0, 1, fake_summary(0.7, 0.9, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
+    write_run(study, "polyp_dice", 1, 1, fake_summary(0.7, 0.8, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
+    write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="unit", seeds=[0, 1])
     (study / "examples.png").write_bytes(b"an image of the data")
     page = publish(
         str(study), "polyp", "polyp_unit", "CPU reduced scale", "a 2-core CPU", "python x", "1 min",
@@ -332,11 +334,15 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     assert sorted(p.name for p in (published / "per_image").iterdir()) == [
         "polyp_ce_seed0_fold1_per_image.csv",
         "polyp_dice_seed0_fold1_per_image.csv",
+        "polyp_dice_seed1_fold1_per_image.csv",
     ]
     assert (published / "dice_vs_lesion_free_fp.png").is_file() and not (published / "examples.png").exists()
     text = page.read_text()
     assert "`python x`" in text and "a 2-core CPU" in text and "### Paired differences to ce" in text
+    # next to Galdran's numbers: mean Dice and share predicted empty, false lesions per run
+    assert "| ce | 80.0 | 87.33 | 1.0% | 6.36% | 1/10 |" in text
+    assert "| dice | 70.0 | 81.91 | 8.5% | 1.82% | 9/10, 8/10 |" in text
     results = json.loads((tmp_path / "results" / "polyp.json").read_text())
-    assert results["dice"]["dice_lesion"] == "0.700" and results["dice"]["lesion_free_fp_rate"] == "0.900"
+    assert results["dice"]["dice_lesion"] == "0.700" and results["dice"]["lesion_free_fp_rate"] == "0.850"
     assert results["ce"]["measured_with"] == "CPU reduced scale; a 2-core CPU; docs/results/polyp_unit.md"
     assert bundle_results(study / "results.csv", "x")["ce"]["runs"] == 1
