@@ -347,3 +347,46 @@ def csv_columns(results: list[dict]) -> tuple[dict[str, dict], list[str]]:
         by_loss.setdefault(r["loss"], {}).update(values)
         fields += [f for f in values if f not in fields]
     return by_loss, fields
+
+
+# The DBCE paper's claim (arXiv 2412.06045): better than balanced CE, on par with CE + Dice. Checked image by
+# image whenever both losses of a pair were run.
+CLAIM_PAIRS = (("dbce", "balanced_ce"), ("dbce", "ce_dice"))
+
+
+def claim_lines(
+    runs_by_loss: dict[str, dict[str, list[dict]]], metrics: list[PairedMetric], headline: tuple[str, ...]
+) -> list[str]:
+    """The headline metrics of each claim pair (loss minus the other), Holm-corrected per metric over the
+    pairs; empty when no pair was run."""
+    pairs = [(loss, other) for loss, other in CLAIM_PAIRS if loss in runs_by_loss and other in runs_by_loss]
+    if not pairs:
+        return []
+    chosen = [m for m in metrics if m.key in headline]
+    by_pair = [compare({other: runs_by_loss[other], loss: runs_by_loss[loss]}, other, chosen) for loss, other in pairs]
+    names = {"balanced_ce": "balanced CE", "ce_dice": "CE + Dice"}
+    lines = [
+        f"### DBCE against {' and '.join(names[other] for _, other in pairs)} (arXiv 2412.06045: better than "
+        "balanced CE, close to CE + Dice)",
+        "",
+        "| metric | loss - other | difference [95% CI] or images | p | Holm p |",
+        "|---|---|---|---|---|",
+    ]
+    for metric in chosen:
+        block = [
+            (pair, r) for pair, results in zip(pairs, by_pair, strict=True) for r in results if r["metric"] is metric
+        ]
+        for ((loss, other), r), adjusted in zip(block, holm([r["p"] for _, r in block]), strict=True):
+            if metric.binary:
+                value = f"{r['count']}/{r['n']} against {r['reference_count']}/{r['n']}"
+                title = metric.title
+            else:
+                value, title = format_difference(r), f"{metric.title} ({metric.unit})"
+            lines.append(f"| {title} | {loss} - {other} | {value} | {format_p(r['p'])} | {format_p(adjusted)} |")
+    lines += [
+        "",
+        "Per test image, as the paired section above (images averaged over runs first; bootstrap interval and",
+        f"Wilcoxon p, exact McNemar p for image counts); Holm over the {len(pairs)} comparison(s) per metric.",
+        "",
+    ]
+    return lines

@@ -28,6 +28,7 @@ from scripts.study_comparison import (  # noqa: E402
     VOLUME_PAIRED,
     PairedMetric,
     _number,
+    claim_lines,
     compare,
     csv_columns,
     image_means,
@@ -530,6 +531,7 @@ def write_report(
         lines.append("")
     elif runs_by_loss and reference not in runs_by_loss:
         lines += [f"No paired comparison: the reference loss {reference!r} has no evaluated run here.", ""]
+    lines += claim_lines(runs_by_loss, paired, HEADLINE_VOLUME if volumes else HEADLINE)
 
     paired_by_loss, paired_fields = csv_columns(comparison)
     for row in rows:

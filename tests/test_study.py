@@ -247,6 +247,29 @@ def test_report_paired_differences_over_seeds(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_report_checks_the_dbce_claim_image_by_image(tmp_path):
+    base = list(np.random.default_rng(1).uniform(0.6, 0.9, size=30))
+    free_dbce = [i < 2 for i in range(20)]
+    free_balanced = [i < 14 for i in range(20)]
+    write_run(tmp_path, "polyp_dbce", 0, 1, fake_summary(0.8, 0.1, 0.1), per_image(base, free_dbce))
+    write_run(tmp_path, "polyp_ce_dice", 0, 1, fake_summary(0.8, 0.1, 0.1), per_image(base, free_dbce))
+    lower = [v - 0.1 for v in base]
+    write_run(tmp_path, "polyp_balanced_ce", 0, 1, fake_summary(0.7, 0.7, 0.1), per_image(lower, free_balanced))
+    names = ["polyp_ce_dice", "polyp_balanced_ce", "polyp_dbce"]
+    write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit")
+    claim = (tmp_path / "results.md").read_text().split("### DBCE against balanced CE and CE + Dice")[1]
+    assert "| Dice lesion (points) | dbce - balanced_ce | **+10.0 [+10.0, +10.0]** |" in claim
+    assert "| lesion-free image predicted with a lesion | dbce - balanced_ce | 2/20 against 14/20 |" in claim
+    assert "| Dice lesion (points) | dbce - ce_dice | +0.0" in claim
+    assert "Holm over the 2 comparison(s) per metric" in claim
+    # without balanced CE only the CE + Dice half is checked; without DBCE there is no section
+    write_report(tmp_path, ["polyp_ce_dice", "polyp_dbce"], [1], status={}, settings={}, dataset="unit")
+    claim = (tmp_path / "results.md").read_text().split("### DBCE against CE + Dice (")[1]
+    assert "dbce - ce_dice" in claim and "dbce - balanced_ce" not in claim
+    write_report(tmp_path, ["polyp_ce_dice", "polyp_balanced_ce"], [1], status={}, settings={}, dataset="unit")
+    assert "### DBCE against" not in (tmp_path / "results.md").read_text()
+
+
 def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_data, tmp_path):
     """Kill the study mid-training, run the same command again: the run continues from its last resume
     checkpoint (not epoch 0) and ends with exactly the weights of an uninterrupted study (CPU, same seed)."""
