@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import json
 import shutil
 import sys
@@ -25,8 +26,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from custom_losses.atomic import write_text_atomic  # noqa: E402
-from scripts.study_layout import discover_runs  # noqa: E402
-from scripts.study_report import per_image_csvs  # noqa: E402
+from scripts.study_layout import discover_runs, run_path  # noqa: E402
+from scripts.study_report import loss_of, per_image_csvs  # noqa: E402
 
 PLOTS = ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "validation_curves.png")
 # results.csv columns that go into a bundle's docs and metadata (those present)
@@ -74,15 +75,17 @@ def paper_comparison_lines(study: Path, dataset: str) -> list[str]:
         return []
     with open(study / "results.csv", newline="") as handle:
         rows = {r["loss"]: r for r in csv.DictReader(handle) if r["kind"] == "runs"}
-    summaries = sorted((study / "runs").glob("*/seed*/eval/fold*/summary.json"))
     ideal = ""
     false_lesions: dict[str, list[str]] = {}
-    for path in summaries:
+    bundles, seeds, folds = discover_runs(study)
+    for bundle, seed, fold in itertools.product(bundles, seeds, folds):
+        path = run_path(study, bundle, seed) / "eval" / f"fold{fold}" / "summary.json"
+        if not path.is_file():
+            continue
         summary = json.loads(path.read_text())
-        loss = path.parents[3].name.removeprefix(f"{dataset}_")
         ideal = ideal or f"{100 * summary['ideal_empty_share']:.2f}%"
         count = round(summary["lesion_free_fp_rate"] * summary["num_lesion_free"])
-        false_lesions.setdefault(loss, []).append(f"{count}/{summary['num_lesion_free']}")
+        false_lesions.setdefault(loss_of(bundle), []).append(f"{count}/{summary['num_lesion_free']}")
     lines = [
         "## Next to the paper",
         "",
