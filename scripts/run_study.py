@@ -102,14 +102,19 @@ def bundle_names(
     return names
 
 
-def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
+def stage_marker(run_dir: Path, fold: int | str, stage: str) -> Path:
+    """The file whose presence says a run's stage has finished."""
     if stage == "train":
-        return (run_dir / "models" / f"fold{fold}" / "model_final.pt").is_file()
+        return run_dir / "models" / f"fold{fold}" / "model_final.pt"
     if stage == "evaluate":
-        return (run_dir / "eval" / f"fold{fold}" / "summary.json").is_file()
+        return run_dir / "eval" / f"fold{fold}" / "summary.json"
     if stage == "examples":
-        return (run_dir / "examples" / f"fold{fold}" / "done").is_file()
+        return run_dir / "examples" / f"fold{fold}" / "done"
     raise ValueError(stage)
+
+
+def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
+    return stage_marker(run_dir, fold, stage).is_file()
 
 
 def run_bundle(
@@ -148,6 +153,8 @@ def run_bundle(
         run(config_file=ensemble, dataset_dir=data_dir, folds=folds, **common)
         return
     if not stage_done(out, fold, "train"):
+        for stale in ("evaluate", "examples"):  # outputs of an earlier model of this run are done again
+            stage_marker(out, fold, stale).unlink(missing_ok=True)
         resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
         train = [str(configs / "train.json")]

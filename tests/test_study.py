@@ -64,6 +64,21 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert checkpoint.stat().st_mtime_ns == modified
     assert "finished earlier, skipped" in capsys.readouterr().out
 
+    # a run whose final model was deleted is done again, evaluation included; the other run is skipped
+    dice_run = out / "runs" / "polyp_dice" / "seed0"
+    (dice_run / "models" / "fold1" / "model_final.pt").unlink()
+    summary = dice_run / "eval" / "fold1" / "summary.json"
+    evaluated = summary.stat().st_mtime_ns
+    assert (
+        run_study.study("demo", data_dir=str(tiny_demo_data), bundles=["ce", "dice"], output_dir=str(out), **TINY) == 0
+    )
+    assert checkpoint.stat().st_mtime_ns == modified
+    assert (dice_run / "models" / "fold1" / "model_final.pt").is_file() and summary.stat().st_mtime_ns > evaluated
+    output = capsys.readouterr().out
+    assert "polyp_ce seed 0 fold 1: finished earlier, skipped" in output
+    assert "polyp_dice seed 0 fold 1: finished earlier" not in output
+    assert "stage: train polyp_dice fold 1 (resumed)" in (dice_run / "fold1.log").read_text()
+
     # a failing bundle is reported, the others still go through, the exit status says so
     bundles_dir = tmp_path / "bundles"
     for name in ("polyp_ce", "polyp_dice"):
