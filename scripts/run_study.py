@@ -396,6 +396,8 @@ def study(
     print(f"study {dataset}: {len(names)} bundle(s) x {len(seeds)} seed(s) x {len(folds)} fold(s) -> {out}", flush=True)
     combinations = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
     status: dict[str, dict] = {}
+    record_path = out / STUDY_RECORD
+    earlier = json.loads(record_path.read_text()).get("status", {}) if record_path.is_file() else {}
     jobs: list[Job] = []
     for index, (name, seed, fold) in enumerate(combinations):
         run_dir = run_path(out, name, seed)
@@ -404,7 +406,11 @@ def study(
         stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
         if all(stage_done(run_dir, fold, s) for s in stages):
             print(f"{label}: finished earlier, skipped", flush=True)
-            status[key] = {"status": "skipped (finished earlier)"}
+            before = earlier.get(key, {})
+            if before.get("status", "").startswith("ok") and "seconds" in before:  # keep how long it took
+                status[key] = {"status": "ok (an earlier command)", "seconds": before["seconds"]}
+            else:
+                status[key] = {"status": "skipped (finished earlier)"}
             continue
         command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
         command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]

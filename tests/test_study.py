@@ -56,6 +56,8 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert "epoch 1/1" in capsys.readouterr().out  # progress a person can follow
 
     # resume: finished runs are skipped, their checkpoints untouched
+    first = json.loads((out / "study.json").read_text())["status"]["polyp_ce/seed0/fold1"]
+    assert first["status"] == "ok" and first["seconds"] > 0
     checkpoint = out / "runs" / "polyp_ce" / "seed0" / "models" / "fold1" / "model_final.pt"
     modified = checkpoint.stat().st_mtime_ns
     assert (
@@ -78,6 +80,11 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert "polyp_ce seed 0 fold 1: finished earlier, skipped" in output
     assert "polyp_dice seed 0 fold 1: finished earlier" not in output
     assert "stage: train polyp_dice fold 1 (resumed)" in (dice_run / "fold1.log").read_text()
+    # the record keeps how long the skipped run took when it ran (two commands ago)
+    kept = json.loads((out / "study.json").read_text())["status"]["polyp_ce/seed0/fold1"]
+    assert kept == {"status": "ok (an earlier command)", "seconds": first["seconds"]}
+    row = f"| polyp_ce/seed0/fold1 | ok (an earlier command) | {first['seconds']} |"
+    assert row in (out / "results.md").read_text()
 
     # a failing bundle is reported, the others still go through, the exit status says so
     bundles_dir = tmp_path / "bundles"
