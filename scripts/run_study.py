@@ -117,6 +117,12 @@ def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
     return stage_marker(run_dir, fold, stage).is_file()
 
 
+def read_study_record(out: Path) -> dict:
+    """The last study command's dataset, bundles, settings and run statuses (empty before the first)."""
+    path = out / STUDY_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def run_bundle(
     bundle_dir: str,
     run_dir: str,
@@ -396,8 +402,7 @@ def study(
     print(f"study {dataset}: {len(names)} bundle(s) x {len(seeds)} seed(s) x {len(folds)} fold(s) -> {out}", flush=True)
     combinations = [(name, seed, fold) for name in names for seed in seeds for fold in folds]
     status: dict[str, dict] = {}
-    record_path = out / STUDY_RECORD
-    earlier = json.loads(record_path.read_text()).get("status", {}) if record_path.is_file() else {}
+    earlier = read_study_record(out).get("status", {})
     jobs: list[Job] = []
     for index, (name, seed, fold) in enumerate(combinations):
         run_dir = run_path(out, name, seed)
@@ -447,7 +452,7 @@ def study(
         for name in names:
             for seed in seeds:
                 run_dir = run_path(out, name, seed)
-                if (run_dir / "eval" / "ensemble" / "summary.json").is_file():
+                if stage_done(run_dir, "ensemble", "evaluate"):
                     continue
                 command = [sys.executable, str(Path(__file__).resolve()), "run_bundle", "--bundle_dir"]
                 command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
@@ -498,8 +503,7 @@ def report(output_dir: str, reference: str = "ce") -> None:
     names.sort(key=lambda n: (order.get(n, len(order)), n))  # the datasets' loss order, CE first
     if not names:
         raise StudyError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/summary.json)")
-    record_path = out / STUDY_RECORD  # the last study command's dataset, bundles, settings and run statuses
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_study_record(out)
     names += [name for name in record.get("bundles", []) if name not in names]  # e.g. a failed one
     write_report(
         out,
