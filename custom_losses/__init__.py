@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, errors, handlers, inference, metrics, networks
+from . import augment, data, errors, handlers, inference, metrics, networks, settings
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -38,4 +38,5 @@ __all__ = [
     "metrics",
     "networks",
     "region_balanced_weights",
+    "settings",
 ]

@@ -7,6 +7,7 @@ was written (nothing, or only complete predictions plus the manifest).
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
-from custom_losses.errors import find_input_error, report_lines
+from custom_losses.errors import error_line, find_input_error, report_lines
 from custom_losses.inference import output_name
 from scripts.make_bundles import BUNDLES_DIR
 from scripts.synthetic import write_prepared_polyp
@@ -189,3 +190,231 @@ def test_torchrun_two_processes_end_with_the_input_error_and_do_not_hang(prepare
     root_cause = output.split("Root Cause")[-1]
     assert f"traceback : error: image {victim} is unreadable or corrupt" in root_cause
     assert output.count(f"error: image {victim}") >= 2  # each rank said it
+
+
+# ------------------------------------------------------------------ settings given on the command line
+
+FLEXIBLE_UNET = ("FlexibleUNet", 2, [2, 2, 2, 2, 2])
+UNET_3D = ("UNet", 3, [2, 2, 2, 2])
+DOWNSAMPLES_32 = "(the FlexibleUNet downsamples by 2 x 2 x 2 x 2 x 2 = 32)"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "network", "expected"),
+    [
+        ("epochs", -1, FLEXIBLE_UNET, "epochs must be a positive integer, got -1"),
+        ("epochs", "abc", FLEXIBLE_UNET, "epochs must be a positive integer, got 'abc'"),
+        ("epochs", True, FLEXIBLE_UNET, "epochs must be a positive integer, got True"),
+        ("batch_size", 0, FLEXIBLE_UNET, "batch_size must be a positive integer, got 0"),
+        ("val_batch_size", 2.5, FLEXIBLE_UNET, "val_batch_size must be a positive integer, got 2.5"),
+        ("learning_rate", -0.001, FLEXIBLE_UNET, "learning_rate must be a positive number, got -0.001"),
+        ("learning_rate", float("nan"), FLEXIBLE_UNET, "learning_rate must be a positive number, got nan"),
+        ("num_workers", -1, FLEXIBLE_UNET, "num_workers must be an integer >= 0, got -1"),
+        ("cache_rate", 1.5, FLEXIBLE_UNET, "cache_rate must be a number in [0, 1], got 1.5"),
+        ("resume", "yes", FLEXIBLE_UNET, "resume must be True or False, got 'yes'"),
+        ("fold", 0, FLEXIBLE_UNET, "fold must be a positive integer, got 0"),
+        ("folds", [1, 1], FLEXIBLE_UNET, "folds must be a list of distinct positive fold numbers such as"),
+        (
+            "image_size",
+            7,
+            FLEXIBLE_UNET,
+            f"image_size must be a positive multiple of 32 {DOWNSAMPLES_32}, got 7: use 32",
+        ),
+        ("image_size", 100, FLEXIBLE_UNET, f"image_size must be a positive multiple of 32 {DOWNSAMPLES_32}, got 100: "),
+        ("spatial_size", [100, 100], FLEXIBLE_UNET, "spatial_size must be 2 positive multiples of 32"),
+        (
+            "spatial_size",
+            [48, 60, 40],
+            UNET_3D,
+            "spatial_size must be 3 positive multiples of 16 (the UNet downsamples by 2 x 2 x 2 x 2 = 16), "
+            "got [48, 60, 40]: e.g. [48, 64, 48]",
+        ),
+        ("spatial_size", [48, 64], UNET_3D, "spatial_size must be 3 positive multiples of 16"),
+        ("device", "gpu", FLEXIBLE_UNET, "device must be cpu, cuda or cuda:N, got 'gpu'"),
+        ("threshold", 1, FLEXIBLE_UNET, "threshold must be a number between 0 and 1, got 1"),
+    ],
+)
+def test_each_bad_setting_is_named_with_its_value(name, value, network, expected):
+    from custom_losses.settings import SettingError, check_settings
+
+    with pytest.raises(SettingError) as error:
+        check_settings({"epochs": 3, name: value, "device": "cpu"} if name != "device" else {name: value}, *network)
+    assert str(error.value).startswith(expected), str(error.value)
+    assert find_input_error(RuntimeError("Failed to evaluate ConfigExpression")) is None
+
+
+def test_good_settings_pass_and_the_first_bad_one_is_reported():
+    from custom_losses.settings import SettingError, check_settings
+
+    good = {"epochs": 1, "batch_size": 4, "learning_rate": 3e-4, "image_size": 64, "spatial_size": [64, 96]}
+    check_settings({**good, "device": "cpu", "fold": 2, "cache_rate": 0, "seed": 0}, *FLEXIBLE_UNET)
+    check_settings({"spatial_size": [48, 64, 48], "folds": [1, 2, 3]}, *UNET_3D)
+    with pytest.raises(SettingError, match="^epochs must"):  # in the order of RULES
+        check_settings({"image_size": 7, "epochs": 0}, *FLEXIBLE_UNET)
+
+
+def test_a_cuda_device_this_machine_lacks(monkeypatch):
+    from custom_losses.settings import SettingError, check_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SettingError, match=r"^device cuda is not available: this machine has no usable CUDA device"):
+        check_settings({"device": "cuda"}, *FLEXIBLE_UNET)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SettingError, match=r"^device cuda:2 does not exist: this machine has 2 CUDA device\(s\)"):
+        check_settings({"device": "cuda:2"}, *FLEXIBLE_UNET)
+    check_settings({"device": torch.device("cuda", 1)}, *FLEXIBLE_UNET)
+
+
+def test_an_output_folder_under_a_file_or_read_only(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from custom_losses import settings
+
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(settings.SettingError) as error:
+        settings.check_settings({"output_dir": str(tmp_path / "notes.txt" / "run")}, *FLEXIBLE_UNET)
+    assert (
+        str(error.value)
+        == f"output_dir {tmp_path / 'notes.txt' / 'run'} is not a folder: {tmp_path / 'notes.txt'} is a file"
+    )
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() == 0:  # root writes there anyway: the probe meets what a read-only file system says
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(settings.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(settings.SettingError, match=rf"^prediction_dir {locked / 'a' / 'b'} is not writable: cannot "):
+        settings.check_settings({"prediction_dir": str(locked / "a" / "b")}, *FLEXIBLE_UNET)
+    assert not (locked / "a").exists()
+    locked.chmod(0o700)
+
+
+def test_every_config_checks_its_settings_first():
+    """Second in every initialize, right after the error report (multi-GPU: before the process group)."""
+    from custom_losses.settings import RULES
+    from scripts.bundlegen.configs import ERROR_REPORT
+    from tests.test_bundles import GENERATED
+
+    written = {
+        "train": "log_dir",
+        "evaluate": "eval_dir",
+        "evaluate_ensemble": "eval_dir",
+        "inference": "prediction_dir",
+    }
+    for name, files in GENERATED.items():
+        configs = {
+            Path(p).stem: json.loads(t) for p, t in files.items() if p.startswith("configs/") and p.endswith(".json")
+        }
+        for stem, config in configs.items():
+            if "initialize" not in config:
+                continue
+            assert config["initialize"][0] == ERROR_REPORT, (name, stem)
+            assert config["initialize"][1].startswith("$custom_losses.settings.check_settings(@checked_settings, ")
+            if stem in written:
+                assert written[stem] in config["checked_settings"] and set(config["checked_settings"]) <= set(RULES)
+        assert "finetune" in configs and "initialize" not in configs["finetune"]  # train.json's initialize
+        assert {"epochs", "batch_size", "learning_rate", "fold", "spatial_size", "device", "output_dir"} <= set(
+            configs["train"]["checked_settings"]
+        )
+        assert ("image_size" in configs["train"]["checked_settings"]) == (not name.startswith("hippocampus"))
+
+
+TRAIN, EVALUATE = ["train.json"], ["train.json", "evaluate.json"]
+ENSEMBLE = [*EVALUATE, "evaluate_ensemble.json"]
+FINETUNE, MULTI_GPU = ["train.json", "finetune.json"], ["train.json", "multi_gpu_train.json"]
+INFERENCE = ["inference.json"]
+NO_CUDA = "device cuda is not available: this machine has no usable CUDA device"
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA")
+
+
+def config_files(configs: list[str]) -> str:
+    return "[" + ",".join(f"'configs/{c}'" for c in configs) + "]"
+
+
+@pytest.mark.parametrize(
+    ("bundle_name", "configs", "overrides", "expected"),
+    [
+        ("polyp_ce", TRAIN, {"epochs": "abc"}, "error: epochs must be a positive integer, got 'abc'"),
+        ("polyp_ce", TRAIN, {"batch_size": 0}, "error: batch_size must be a positive integer, got 0"),
+        ("polyp_ce", TRAIN, {"learning_rate": -1e-3}, "error: learning_rate must be a positive number, got -0.001"),
+        ("polyp_ce", TRAIN, {"fold": 0}, "error: fold must be a positive integer, got 0"),
+        pytest.param("polyp_ce", TRAIN, {"device": "cuda"}, f"error: {NO_CUDA}", marks=needs_no_cuda),
+        ("polyp_ce", EVALUATE, {"val_batch_size": -4}, "error: val_batch_size must be a positive integer, got -4"),
+        pytest.param("polyp_ce", EVALUATE, {"device": "cuda"}, f"error: {NO_CUDA}", marks=needs_no_cuda),
+        ("polyp_ce", ENSEMBLE, {"folds": [1, 0]}, "error: folds must be a list of distinct positive fold numbers"),
+        ("polyp_ce", INFERENCE, {"image_size": 100}, "error: image_size must be a positive multiple of 32"),
+        ("polyp_ce_finetune_dice", FINETUNE, {"epochs": 0}, "error: epochs must be a positive integer, got 0"),
+        ("polyp_ce", MULTI_GPU, {"batch_size": "8"}, "error: batch_size must be a positive integer, got '8'"),
+        ("hippocampus_ce", EVALUATE, {"fold": "abc"}, "error: fold must be a positive integer, got 'abc'"),
+        ("hippocampus_ce", FINETUNE, {"spatial_size": [48, 64]}, "error: spatial_size must be 3 positive multiples"),
+        ("hippocampus_ce", MULTI_GPU, {"learning_rate": "fast"}, "error: learning_rate must be a positive number"),
+        ("hippocampus_ce", INFERENCE, {"device": "gpu"}, "error: device must be cpu, cuda or cuda:N, got 'gpu'"),
+    ],
+)
+def test_every_config_stops_a_bad_override_first(prepared, tmp_path, bundle_name, configs, overrides, expected):
+    """In-process (each run of the CLI takes seconds): what initialize raises, as the error report words it."""
+    inputs = {"input_dir": str(prepared / "test" / "images")} if configs == INFERENCE else {}
+    workflow = ConfigWorkflow(
+        config_file=[str(BUNDLES_DIR / bundle_name / "configs" / c) for c in configs],
+        bundle_root=str(BUNDLES_DIR / bundle_name),
+        dataset_dir=str(prepared),
+        output_dir=str(tmp_path / "out"),
+        **inputs,
+        **overrides,
+    )
+    with pytest.raises(RuntimeError) as error:  # MONAI's "Failed to evaluate ConfigExpression"
+        workflow.initialize()
+    found = find_input_error(error.value)
+    assert found is not None, error.value
+    assert error_line(found).startswith(expected), error_line(found)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("bundle_name", "configs", "overrides", "expected"),
+    [
+        ("polyp_ce", TRAIN, ["--epochs", "-1"], "error: epochs must be a positive integer, got -1"),
+        (
+            "polyp_ce",
+            TRAIN,
+            ["--image_size", "7"],
+            f"error: image_size must be a positive multiple of 32 {DOWNSAMPLES_32}, got 7: use 32",
+        ),
+        (
+            "polyp_ce",
+            TRAIN,
+            ["--output_dir", "{file}/run"],
+            "error: output_dir {file}/run is not a folder: {file} is a file",
+        ),
+        # multi-GPU: checked before the process group starts, which evaluates device on its own
+        pytest.param("polyp_ce", MULTI_GPU, ["--device", "cuda"], f"error: {NO_CUDA}", marks=needs_no_cuda),
+        (
+            "hippocampus_ce",
+            TRAIN,
+            ["--spatial_size", "[48,60,48]"],
+            "error: spatial_size must be 3 positive multiples of 16 (the UNet downsamples by 2 x 2 x 2 x 2 = 16), "
+            "got [48, 60, 48]: e.g. [48, 64, 48]",
+        ),
+    ],
+)
+def test_bad_overrides_end_with_one_line_and_write_nothing(
+    prepared, tmp_path, bundle_name, configs, overrides, expected
+):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / bundle_name, tmp_path / "bundle"))
+    stray_file = str(tmp_path / "notes.txt")
+    Path(stray_file).write_text("a file, not a folder")
+    overrides = [o.replace("{file}", stray_file) for o in overrides]
+    common = ["--dataset_dir", str(prepared), "--output_dir", str(tmp_path / "out"), "--num_workers", "0"]
+    result = bundle_run(bundle, config_files(configs), *common, *overrides, timeout=120)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-2000:]
+    assert last_line(result).startswith(expected.replace("{file}", stray_file)), last_line(result)
+    assert "Traceback" not in result.stderr
+    written = [p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written in ([], [Path("logs/error_traceback.txt")])

@@ -355,7 +355,8 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             **({} if decollates(spec) else {"decollate": False}),
         },
     }
-    config["initialize"] = training_initialization()
+    config["checked_settings"] = checked_settings(TRAINING_SETTINGS, config)
+    config["initialize"] = training_initialization(spec)
     config["run"] = [expr("@train#trainer.run()")]
     return config
 
@@ -363,12 +364,54 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
 # first in every ``initialize``: an input error ends the run with its one line last (custom_losses.errors)
 ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
 
+# The ids each kind of run checks before anything else (rules: custom_losses.settings.RULES), in the
+# order of RULES; those its config lacks (image_size in 3D, threshold in 3D inference) are left out.
+COMMON_SETTINGS = ["image_size", "spatial_size", "device"]
+TRAINING_SETTINGS = [
+    "epochs",
+    "batch_size",
+    "val_batch_size",
+    "learning_rate",
+    "weight_decay",
+    "val_interval",
+    "num_workers",
+    "cache_rate",
+    "seed",
+    "resume",
+    "resume_checkpoint_interval_s",
+    "cudnn_benchmark",
+    "fold",
+    *COMMON_SETTINGS,
+    "output_dir",
+    "ckpt_dir",
+    "log_dir",
+]
+# evaluation reads the checkpoints and writes only eval_dir: a read-only model folder is fine
+EVALUATION_SETTINGS = ["val_batch_size", "num_workers", "cache_rate", "seed", "fold", *COMMON_SETTINGS, "eval_dir"]
+ENSEMBLE_SETTINGS = ["folds" if name == "fold" else name for name in EVALUATION_SETTINGS]
+INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "prediction_dir"]
 
-def training_initialization() -> list[str]:
-    """Report input errors in one line; seed everything; cuDNN autotuning (among deterministic algorithms)
-    unless ``cudnn_benchmark`` is false."""
+
+def checked_settings(names: list[str], config_ids) -> dict:
+    """``checked_settings``: id -> its value (a reference), for the ids of ``names`` the run's config has."""
+    return {name: f"@{name}" for name in names if name in config_ids}
+
+
+def settings_check(spec: DatasetSpec) -> str:
+    """Second in every ``initialize``: ``checked_settings`` against their rules, the sizes against the network."""
+    if spec.kind == "mri3d":
+        network = "'UNet', 3, @network_def#strides"
+    else:  # every FlexibleUNet encoder (ResNet, EfficientNet) halves the image 5 times
+        network = "'FlexibleUNet', 2, [2, 2, 2, 2, 2]"
+    return expr(f"custom_losses.settings.check_settings(@checked_settings, {network})")
+
+
+def training_initialization(spec: DatasetSpec) -> list[str]:
+    """Report input errors in one line; check the settings; seed everything; cuDNN autotuning (among
+    deterministic algorithms) unless ``cudnn_benchmark`` is false."""
     return [
         ERROR_REPORT,
+        settings_check(spec),
         expr("monai.utils.set_determinism(seed=@seed)"),
         expr("setattr(torch.backends.cudnn, 'benchmark', @cudnn_benchmark)"),
     ]
@@ -472,7 +515,7 @@ def test_key_metric() -> dict:
     }
 
 
-def evaluate_config_3d() -> dict:
+def evaluate_config_3d(spec: DatasetSpec) -> dict:
     """Merged over train.json: the held-out fold, probabilities and labels back in each volume's own space,
     per-class volumes (ml, from the header spacing) and Dice to ``eval_dir``, predictions as NIfTI."""
     return {
@@ -503,14 +546,14 @@ def evaluate_config_3d() -> dict:
             ],
         },
         "validate#key_metric": None,
-        **fold_evaluation("VolumeMetricsWriter", {"class_names": "@class_names"}),
+        **fold_evaluation(spec, "VolumeMetricsWriter", {"class_names": "@class_names"}),
     }
 
 
 def evaluate_config(spec: DatasetSpec) -> dict:
     """Merged over train.json: the test split through the validation pipeline, metrics to ``eval_dir``."""
     if spec.kind == "mri3d":
-        return evaluate_config_3d()
+        return evaluate_config_3d(spec)
     return {
         "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
@@ -518,7 +561,7 @@ def evaluate_config(spec: DatasetSpec) -> dict:
         "validate#postprocessing": probability_postprocessing(),
         "validate#key_metric": test_key_metric(),
         "validate#evaluator#decollate": True,  # the metrics writer reads one item at a time
-        **fold_evaluation("LesionMetricsWriter", {"threshold": 0.5}),
+        **fold_evaluation(spec, "LesionMetricsWriter", {"threshold": 0.5}),
     }
 
 
@@ -531,7 +574,12 @@ CHECKPOINT_LOADER = {
 }
 
 
-def fold_evaluation(writer: str, writer_args: dict) -> dict:
+def training_ids(spec: DatasetSpec) -> set[str]:
+    """The ids of train.json, which evaluate.json and evaluate_ensemble.json are merged over."""
+    return set(train_config(spec, spec.losses[0]))
+
+
+def fold_evaluation(spec: DatasetSpec, writer: str, writer_args: dict) -> dict:
     """Load the fold's best checkpoint, log, write the metrics with ``custom_losses.handlers.<writer>``."""
     return {
         "validate#handlers": [
@@ -545,7 +593,13 @@ def fold_evaluation(writer: str, writer_args: dict) -> dict:
                 "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
             },
         ],
-        "initialize": [ERROR_REPORT, "$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
+        "checked_settings": checked_settings(EVALUATION_SETTINGS, training_ids(spec) | {"eval_dir"}),
+        "initialize": [
+            ERROR_REPORT,
+            settings_check(spec),
+            "$import numpy",
+            expr("monai.utils.set_determinism(seed=@seed)"),
+        ],
         "run": [expr("@validate#evaluator.run()")],
     }
 
@@ -584,6 +638,13 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "amp": "@amp",
             "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
+        "checked_settings": checked_settings(ENSEMBLE_SETTINGS, training_ids(spec) | {"folds", "eval_dir"}),
+        "initialize": [
+            ERROR_REPORT,
+            settings_check(spec),
+            "$import numpy",
+            expr("monai.utils.set_determinism(seed=@seed)"),
+        ],
     }
 
 
@@ -605,7 +666,6 @@ def _inference_engine() -> dict:
             "amp": "@amp",
             "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
-        "initialize": [ERROR_REPORT, expr("monai.utils.set_determinism(seed=0)")],
         "run": [expr("@evaluator.run()")],
     }
 
@@ -691,6 +751,14 @@ def inference_config(spec: DatasetSpec) -> dict:
             **_inference_engine(),
         }
     )
+    run = config.pop("run")
+    config["checked_settings"] = checked_settings(INFERENCE_SETTINGS, config)
+    config["initialize"] = [
+        ERROR_REPORT,
+        settings_check(spec),
+        expr("monai.utils.set_determinism(seed=0)"),
+    ]
+    config["run"] = run
     return config
 
 
@@ -707,8 +775,10 @@ def finetune_config() -> dict:
     }
 
 
-def multi_gpu_config(num_rank0_handlers: int) -> dict:
-    """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU."""
+def multi_gpu_config(spec: DatasetSpec, num_rank0_handlers: int) -> dict:
+    """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU. The
+    settings are checked before the process group starts: every rank stops with the line, none waits."""
+    error_report, check, *seeding = training_initialization(spec)
     return {
         "device": expr(
             "torch.device('cuda:' + os.environ['LOCAL_RANK']) if torch.cuda.is_available() else torch.device('cpu')"
@@ -738,12 +808,14 @@ def multi_gpu_config(num_rank0_handlers: int) -> dict:
         "validate#dataloader#sampler": "@validate#sampler",
         "validate#evaluator#val_handlers": expr("None if torch.distributed.get_rank() > 0 else @validate#handlers"),
         "initialize": [
+            error_report,
+            check,
             expr(
                 "torch.distributed.is_initialized() or torch.distributed.init_process_group("
                 "backend='nccl' if torch.cuda.is_available() else 'gloo')"
             ),
             expr("torch.cuda.set_device(@device) if torch.cuda.is_available() else None"),
-            *training_initialization(),
+            *seeding,
         ],
         "run": [expr("@train#trainer.run()")],
         "finalize": [expr("torch.distributed.is_initialized() and torch.distributed.destroy_process_group()")],

@@ -157,6 +157,10 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 - **Input checks before training**: a missing or empty `dataset_dir`, a missing datalist, an entry whose
   file does not exist, an image without a label, {texts["checks"]}, and a fold that
   does not exist each stop the run with one line naming the file and the problem.
+- **Settings checked first**: every config starts by checking the settings it uses (`epochs`, batch sizes,
+  `learning_rate`, a `{texts["size_id"]}` the network cannot take, a `device` this machine lacks, an
+  unwritable `output_dir`, `fold`, ...): a bad one stops the run with one line such as
+  `error: epochs must be a positive integer, got -1`.
 - **Non-finite loss**: a NaN or infinite training loss stops the run, naming epoch and iteration; the best
   model (`model.pt`) and the last resume checkpoint stay as they were and no `model_final.pt` is written.
 - **Interruption**: the end of an epoch saves `models/fold<k>/resume_checkpoint_epoch=<e>.pt` (model,
