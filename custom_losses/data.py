@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,19 +113,52 @@ def check_items(items: list[dict], num_classes: int = 2, max_workers: int = 8) -
             pass
 
 
+def _within(path: str, folder: str) -> bool:
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _outside(path: str, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` (joined to ``folder``) lies outside ``folder`` both as written and with symlinks
+    resolved: a symlink inside the folder, or the folder reached through a symlink, stays inside."""
+    lexical = _within(os.path.normpath(os.path.abspath(path)), os.path.abspath(folder))
+    return not (lexical or _within(os.path.realpath(path), os.path.realpath(folder)))
+
+
+def _refuse_external_paths(items: list[dict], datalist_file: Path, dataset_dir: Path, split: str) -> None:
+    """Raise :class:`DataError` naming the first entry whose image or label leaves ``dataset_dir``."""
+    raw_items = None  # the entries as written, read again only to name a refused one
+    for index, item in enumerate(items):
+        for key in ("image", "label"):
+            paths = item.get(key, [])
+            for position, path in enumerate(paths if isinstance(paths, list) else [paths]):
+                if not _outside(path, dataset_dir):
+                    continue
+                if raw_items is None:
+                    raw_items = json.loads(datalist_file.read_text())[split]
+                raw = raw_items[index]
+                written = raw if isinstance(raw, str) else raw[key]  # a test item may be a bare image path
+                written = written[position] if isinstance(written, list) else written
+                raise DataError(
+                    f"datalist {datalist_file}: {split}[{index}] {key} {written} is outside dataset_dir "
+                    f"{dataset_dir} (run with --allow_external_paths True if the datalist may point elsewhere)"
+                )
+
+
 def load_split(
     datalist_file: str | os.PathLike,
     dataset_dir: str | os.PathLike,
     split: str,
     check: bool = True,
     num_classes: int = 2,
+    allow_external_paths: bool = False,
 ) -> list[dict]:
     """Items of ``split`` (``training`` or ``test``) with paths resolved against ``dataset_dir``.
 
     Raises :class:`DataNotFoundError` (a ``FileNotFoundError``) or :class:`DataError` (a ``ValueError``)
     naming the file and the problem: missing or empty ``dataset_dir``, missing datalist, missing split, an
-    entry whose image or label file does not exist, and with ``check`` every problem :func:`check_items`
-    finds.
+    entry whose image or label lies outside ``dataset_dir`` (``../x.png``, an absolute path elsewhere;
+    unless ``allow_external_paths``) or does not exist, and with ``check`` every problem
+    :func:`check_items` finds.
     """
     dataset_dir, datalist_file = Path(dataset_dir), Path(datalist_file)
     if not dataset_dir.is_dir():
@@ -137,6 +171,8 @@ def load_split(
         items = load_decathlon_datalist(datalist_file, data_list_key=split, base_dir=dataset_dir)
     except ValueError as error:
         raise DataError(f"datalist {datalist_file}: {error}") from error
+    if not allow_external_paths:
+        _refuse_external_paths(items, datalist_file, dataset_dir, split)
     for index, item in enumerate(items):
         for key in ("image", "label"):
             if key in item and not Path(item[key]).is_file():
@@ -153,12 +189,13 @@ def fold_split(
     role: str,
     check: bool = True,
     num_classes: int = 2,
+    allow_external_paths: bool = False,
 ) -> list[dict]:
     """Training items of the other folds (``role="train"``) or of ``fold`` itself (``role="validate"``),
-    checked with :func:`check_items` unless ``check=False``."""
+    checked with :func:`check_items` unless ``check=False``; ``allow_external_paths`` as :func:`load_split`."""
     if role not in ("train", "validate"):
         raise ValueError(f"role must be 'train' or 'validate', got {role!r}")
-    items = load_split(datalist_file, dataset_dir, "training", check=False)
+    items = load_split(datalist_file, dataset_dir, "training", check=False, allow_external_paths=allow_external_paths)
     folds = sorted({item.get("fold") for item in items if "fold" in item})
     if not folds:
         raise DataError(f"datalist {datalist_file}: training items carry no 'fold' key")

@@ -455,7 +455,8 @@ def prepare_polyp(
             you have none); pairs match by file stem, .jpg/.jpeg/.png accepted.
         output_dir: created with train/ and test/ PNG copies and datalist.json (written atomically).
         size: copies are resized to size x size (image bilinear, mask bilinear then thresholded to 0/255);
-            None makes no copies and the datalist points at the original files by absolute path.
+            None makes no copies and the datalist points at the original files by absolute path (bundles
+            then need ``--allow_external_paths True``).
         num_folds: training items get "fold" 1..num_folds from a seeded shuffle, balanced sizes.
         seed: seed of the fold shuffle.
         overwrite: replace an output_dir that already holds a datalist.json.
@@ -522,7 +523,8 @@ def prepare_footulcer(
             images .png (official release) or .jpg, masks .png (0/255), paired by file stem.
         output_dir: created with train/ and test/ PNG copies and datalist.json (written atomically).
         size: copies are resized to size x size (image bilinear, mask bilinear then thresholded to 0/255);
-            None makes no copies and the datalist points at the original files by absolute path.
+            None makes no copies and the datalist points at the original files by absolute path (bundles
+            then need ``--allow_external_paths True``).
         num_folds: training items get "fold" 1..num_folds from a seeded shuffle, balanced sizes.
         seed: seed of the fold shuffle.
         overwrite: replace an output_dir that already holds a datalist.json.
@@ -644,7 +646,8 @@ def prepare_hippocampus(
         seed: seed of the fold shuffle.
         overwrite: replace an output_dir that already holds a datalist.json.
         copy: copy the files into output_dir/images and output_dir/labels (relative paths in the datalist);
-            False points the datalist at the original files by absolute path.
+            False points the datalist at the original files by absolute path (bundles then need
+            ``--allow_external_paths True``).
         max_workers: threads for reading and checking (default: Python's ThreadPoolExecutor default).
     """
     hippocampus_dir, output_dir = Path(hippocampus_dir), Path(output_dir).absolute()

@@ -418,3 +418,52 @@ def test_bad_overrides_end_with_one_line_and_write_nothing(
     assert "Traceback" not in result.stderr
     written = [p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert written in ([], [Path("logs/error_traceback.txt")])
+
+
+@pytest.mark.slow
+def test_a_datalist_leaving_the_dataset_ends_with_one_line(prepared, tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "bundle"))
+    data = Path(shutil.copytree(prepared, tmp_path / "data"))
+    datalist = json.loads((data / "datalist.json").read_text())
+    shutil.copy(data / datalist["test"][0]["image"], tmp_path / "stray.png")
+    datalist["test"][0]["image"] = "../stray.png"
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    common = ["--dataset_dir", str(data), "--device", "cpu", "--num_workers", "0", "--image_size", "32"]
+    untrained_checkpoint(bundle)
+    result = bundle_run(bundle, config_files(EVALUATE), *common)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-2000:]
+    assert last_line(result) == (
+        f"error: datalist {data / 'datalist.json'}: test[0] image ../stray.png is outside dataset_dir {data} "
+        "(run with --allow_external_paths True if the datalist may point elsewhere)"
+    )
+    assert not (bundle / "eval").exists()
+
+
+def test_allow_external_paths_reaches_every_datalist(prepared, tmp_path):
+    """Training, validation (2D and 3D alike: the same generated ids) and the 2D test split."""
+    from monai.bundle import ConfigParser
+
+    data = Path(shutil.copytree(prepared, tmp_path / "data"))
+    datalist = json.loads((data / "datalist.json").read_text())
+    for item in datalist["training"] + datalist["test"]:
+        stray = tmp_path / Path(item["label"]).name
+        shutil.copy(data / item["label"], stray)
+        item["label"] = str(stray)
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    configs = BUNDLES_DIR / "polyp_ce" / "configs"
+    runs = {
+        ("train.json",): ["train#datalist", "validate#datalist"],
+        ("train.json", "evaluate.json"): ["validate#datalist"],
+    }
+    for files, datalist_ids in runs.items():
+        for allowed in (False, True):
+            parser = ConfigParser()
+            parser.read_config([str(configs / name) for name in files])
+            parser.update({"dataset_dir": str(data), "allow_external_paths": allowed})
+            for datalist_id in datalist_ids:
+                if allowed:
+                    assert parser.get_parsed_content(datalist_id), (files, datalist_id)
+                    continue
+                with pytest.raises(RuntimeError) as error:
+                    parser.get_parsed_content(datalist_id)
+                assert "is outside dataset_dir" in str(find_input_error(error.value)), (files, datalist_id)

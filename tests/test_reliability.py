@@ -116,6 +116,38 @@ def test_fold_that_does_not_exist(dataset):
     expect_error(dataset, ValueError, "fold 7 does not exist", "folds are [1, 2, 3, 4, 5]", fold=7)
 
 
+def test_datalist_paths_that_leave_the_dataset_are_refused_unless_allowed(dataset, tmp_path):
+    datalist, image, label = first_training_item(dataset)
+    index = next(k for k, i in enumerate(datalist["training"]) if i["fold"] != 1)
+    shutil.copy(image, tmp_path / "elsewhere.png")  # a readable image: it would be trained on
+    datalist["training"][index]["image"] = "../elsewhere.png"
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    expect_error(
+        dataset,
+        DataError,
+        f"training[{index}] image ../elsewhere.png is outside dataset_dir {dataset}",
+        "--allow_external_paths True",
+    )
+    external = fold_split(dataset / "datalist.json", dataset, 1, "train", allow_external_paths=True)
+    assert str(tmp_path / "elsewhere.png") in [item["image"] for item in external]
+
+    datalist["training"][index]["image"] = str(image)  # absolute, but inside: fine
+    datalist["test"][1]["label"] = str(label)
+    outside = dataset.parent / "outside"
+    outside.mkdir()
+    shutil.copy(label, outside / label.name)
+    datalist["test"][2]["label"] = str(outside / label.name)
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    assert len(fold_split(dataset / "datalist.json", dataset, 1, "train")) == 16
+    with pytest.raises(DataError, match=rf"test\[2\] label {outside / label.name} is outside dataset_dir"):
+        load_split(dataset / "datalist.json", dataset, "test")
+    assert len(load_split(dataset / "datalist.json", dataset, "test", allow_external_paths=True)) == 6
+    (tmp_path / "link").symlink_to(dataset)  # the dataset reached through a symlink stays inside
+    with pytest.raises(DataError, match="is outside dataset_dir"):
+        load_split(tmp_path / "link" / "datalist.json", tmp_path / "link", "test")
+    assert len(fold_split(tmp_path / "link" / "datalist.json", tmp_path / "link", 1, "validate")) == 4
+
+
 def test_nifti_label_with_unknown_class(tmp_path):
     image = np.random.default_rng(0).random((6, 7, 5), dtype=np.float32)
     label = np.zeros((6, 7, 5), dtype=np.uint8)

@@ -211,6 +211,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         {
             "dataset_dir": f"/workspace/data/{spec.name}",
             "datalist_file": expr("os.path.join(@dataset_dir, 'datalist.json')"),
+            "allow_external_paths": False,  # datalist paths outside dataset_dir (../x.png, /elsewhere) are refused
             "log_dir": expr("os.path.join(@output_dir, 'logs', 'fold' + str(@fold))"),
             "seed": 0,
             "epochs": spec.epochs,
@@ -296,7 +297,8 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     ]
     config["train"] = {
         "datalist": expr(
-            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train', num_classes=@num_classes)"
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train', num_classes=@num_classes, "
+            "allow_external_paths=@allow_external_paths)"
         ),
         **train_data_pipeline(spec),
         "inferer": {"_target_": "SimpleInferer"},
@@ -323,7 +325,8 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     }
     config["validate"] = {
         "datalist": expr(
-            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate', num_classes=@num_classes)"
+            "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'validate', num_classes=@num_classes, "
+            "allow_external_paths=@allow_external_paths)"
         ),
         **validate_data_pipeline(spec),
         "inferer": {"_target_": "SimpleInferer"},
@@ -557,7 +560,10 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     return {
         "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
-        "validate#datalist": expr("custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test')"),
+        "validate#datalist": expr(
+            "custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test', "
+            "allow_external_paths=@allow_external_paths)"
+        ),
         "validate#postprocessing": probability_postprocessing(),
         "validate#key_metric": test_key_metric(),
         "validate#evaluator#decollate": True,  # the metrics writer reads one item at a time

@@ -160,7 +160,8 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 - **Settings checked first**: every config starts by checking the settings it uses (`epochs`, batch sizes,
   `learning_rate`, a `{texts["size_id"]}` the network cannot take, a `device` this machine lacks, an
   unwritable `output_dir`, `fold`, ...): a bad one stops the run with one line such as
-  `error: epochs must be a positive integer, got -1`.
+  `error: epochs must be a positive integer, got -1`. Datalist paths that leave `dataset_dir` (`../x.png`,
+  absolute paths elsewhere) are refused unless `--allow_external_paths True`.
 - **Non-finite loss**: a NaN or infinite training loss stops the run, naming epoch and iteration; the best
   model (`model.pt`) and the last resume checkpoint stay as they were and no `model_final.pt` is written.
 - **Interruption**: the end of an epoch saves `models/fold<k>/resume_checkpoint_epoch=<e>.pt` (model,
