@@ -3,7 +3,8 @@
 Every config's ``initialize`` calls :func:`check_settings` right after installing the error report, with
 the ids it uses: a bad value ends the run with one line such as ``error: epochs must be a positive integer,
 got -1`` instead of MONAI's ``Failed to evaluate ConfigExpression`` deep in the run. :data:`RULES` maps each
-id to its rule; a new id needs an entry there and in the generator's lists (scripts/bundlegen/configs.py).
+id to its rule (a function of the value and the network that returns what is wrong, or None); a new id
+needs an entry there and in the generator's lists (``*_SETTINGS`` in scripts/bundlegen/configs.py).
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def available_device(value: Any, network: Network) -> str | None:
         return f"must be cpu, cuda or cuda:N, {_got(value)}"
     if device.type == "cpu":
         return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else "mps is not available on this machine (use --device cpu)"
     if device.type != "cuda":
         return f"must be cpu, cuda or cuda:N, {_got(value)}"
     if not torch.cuda.is_available():

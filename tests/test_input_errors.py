@@ -253,7 +253,7 @@ def test_good_settings_pass_and_the_first_bad_one_is_reported():
         check_settings({"image_size": 7, "epochs": 0}, *FLEXIBLE_UNET)
 
 
-def test_a_cuda_device_this_machine_lacks(monkeypatch):
+def test_a_device_this_machine_lacks(monkeypatch):
     from custom_losses.settings import SettingError, check_settings
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -264,6 +264,9 @@ def test_a_cuda_device_this_machine_lacks(monkeypatch):
     with pytest.raises(SettingError, match=r"^device cuda:2 does not exist: this machine has 2 CUDA device\(s\)"):
         check_settings({"device": "cuda:2"}, *FLEXIBLE_UNET)
     check_settings({"device": torch.device("cuda", 1)}, *FLEXIBLE_UNET)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(SettingError, match=r"^device mps is not available on this machine"):
+        check_settings({"device": "mps"}, *FLEXIBLE_UNET)
 
 
 def test_an_output_folder_under_a_file_or_read_only(tmp_path, monkeypatch):

@@ -367,8 +367,9 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
 # first in every ``initialize``: an input error ends the run with its one line last (custom_losses.errors)
 ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
 
-# The ids each kind of run checks before anything else (rules: custom_losses.settings.RULES), in the
-# order of RULES; those its config lacks (image_size in 3D, threshold in 3D inference) are left out.
+# The ids each kind of run checks before anything else (their rules, and the order they are checked in:
+# custom_losses.settings.RULES); those its config lacks (image_size in 3D, threshold in 3D inference) are
+# left out. An id every config has (such as a precision setting) goes into COMMON_SETTINGS.
 COMMON_SETTINGS = ["image_size", "spatial_size", "device"]
 TRAINING_SETTINGS = [
     "epochs",
