@@ -6,20 +6,33 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file beside ``path``, opened for writing. Created with mode 0666 so that the umask sets
+    its permissions, as for any other file (``tempfile.mkstemp`` always makes 0600: private results)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {path}")
+
+
 @contextmanager
 def replace_atomically(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """A handle to a temporary file beside ``path``, renamed over ``path`` when the block ends cleanly
-    (after an fsync) and deleted when it raises."""
+    (after an fsync) and deleted when it raises. The file gets the permissions the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as handle:
             yield handle

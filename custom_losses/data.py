@@ -13,7 +13,7 @@ from monai.data import load_decathlon_datalist
 from .errors import InputError, InputNotFoundError
 
 MASK_THRESHOLD = 127  # 2D masks: pixels > 127 (after conversion to grayscale) are lesion
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
 class DataError(InputError):
@@ -28,17 +28,27 @@ def _is_nifti(path: str) -> bool:
     return path.endswith((".nii", ".nii.gz"))
 
 
+def image_2d_problem(image) -> str | None:
+    """Why a loaded PIL image is not a usable bundle input (empty, one channel: ``convert('RGB')`` would
+    saturate a 16-bit image), or None. Training and inference apply the same rules."""
+    if image.size[0] < 1 or image.size[1] < 1:
+        return f"is empty ({image.size[0]}x{image.size[1]})"
+    if image.mode in GRAYSCALE_MODES:
+        return f"has 1 channel (PIL mode {image.mode}), expected an RGB image"
+    return None
+
+
 def _check_2d_pair(image_path: str, label_path: str) -> None:
     from PIL import Image
 
     try:
         with Image.open(image_path) as image:
             image.load()
-            image_size, image_mode = image.size, image.mode
+            image_size, problem = image.size, image_2d_problem(image)
     except Exception as error:
         raise DataError(f"image {image_path} is unreadable or corrupt: {error}") from error
-    if image_mode in GRAYSCALE_MODES:
-        raise DataError(f"image {image_path} has 1 channel (PIL mode {image_mode}), expected an RGB image")
+    if problem:
+        raise DataError(f"image {image_path} {problem}")
     try:
         with Image.open(label_path) as label:
             label_size = label.size

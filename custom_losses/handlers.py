@@ -146,13 +146,58 @@ def existing_checkpoint(path: str | os.PathLike) -> str:
     return str(path)
 
 
+def _network_state(checkpoint) -> dict:
+    """The network's part of a ``CheckpointSaver`` file's content (plain or ``{"model": ...}``)."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint["model"]
+    return checkpoint
+
+
+def checkpoint_mismatch(state: dict, network: torch.nn.Module) -> str | None:
+    """How a state dict differs from ``network``'s tensors (names, shapes), in a few words, or None."""
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "it holds no state dict"
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    reshaped = [k for k in expected if k in found and found[k] != expected[k]]
+    if not (missing or unexpected or reshaped):
+        return None
+    parts = [f"{len(missing)} tensor(s) missing"] if missing else []
+    parts += [f"{len(unexpected)} unexpected"] if unexpected else []
+    if reshaped:
+        parts.append(
+            f"{len(reshaped)} of another shape ({reshaped[0]}: {list(found[reshaped[0]])}, "
+            f"the network's {list(expected[reshaped[0]])})"
+        )
+    return ", ".join(parts)
+
+
+def loadable_checkpoint(path: str | os.PathLike, network: torch.nn.Module | None = None) -> str:
+    """``path`` when the checkpoint exists, can be read (not truncated) and fits ``network``, else a one-line
+    input error naming it (for ``CheckpointLoader``, whose own errors are long tracebacks). Memory-maps the
+    file: the tensors' data is not read."""
+    path = existing_checkpoint(path)
+    named = Path(path).absolute()
+    try:
+        state = _network_state(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+    except Exception as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split()).split(". ")[0]  # torch adds paragraphs
+        raise InputError(
+            f"checkpoint {named} is unreadable (truncated or not a PyTorch checkpoint): {reason}"
+        ) from error
+    mismatch = None if network is None else checkpoint_mismatch(state, network)
+    if mismatch:
+        raise InputError(
+            f"checkpoint {named} does not fit the network ({mismatch}): was it trained with other network_def settings?"
+        )
+    return path
+
+
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a checkpoint written by MONAI's ``CheckpointSaver`` (plain or ``{"model": ...}``) into ``network``."""
-    path = existing_checkpoint(path)
-    state = torch.load(path, map_location=device, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    network.load_state_dict(state)
+    path = loadable_checkpoint(path, network)
+    network.load_state_dict(_network_state(torch.load(path, map_location=device, weights_only=True)))
     return network.to(device)
 
 

@@ -31,11 +31,18 @@ from pathlib import Path
 
 import fire
 import torch
-from monai.bundle import ckpt_export
+from monai.bundle import ConfigParser, ckpt_export
+from monai.bundle.reference_resolver import ReferenceResolver
 
 from custom_losses.atomic import replace_atomically
+from custom_losses.handlers import checkpoint_mismatch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
+    sys.path.insert(0, str(REPO))
+
+from scripts.study_layout import overrides_path  # noqa: E402
+
 BUNDLES_DIR = REPO / "bundles"
 PACKAGE = "custom_losses"
 PACKAGE_DIR = REPO / PACKAGE
@@ -76,6 +83,24 @@ MODEL_ZOO_CHECKPOINT_IDS = {
     "checkpoint": "$os.path.join(@ckpt_dir, 'model.pt')",
 }
 BARE_REFERENCE = re.compile(rf"(?<![\w.@'\"]){PACKAGE}\b")
+# ids of a training run that say where and on which machine it ran, not what the model is: a run's other
+# overrides (image size, network, precision, ...) are carried into the exported configs
+MACHINE_IDS = {
+    "bundle_root",
+    "output_dir",
+    "dataset_dir",
+    "datalist_file",
+    "ckpt_dir",
+    "checkpoint",
+    "log_dir",
+    "finetune_checkpoint",
+    "logging_file",
+    "meta_file",
+    "device",
+    "num_workers",
+    "cache_rate",
+    "resume",
+}
 
 VENDOR_INIT = f'''"""Python code shipped with this bundle: ``{PACKAGE}``, usable without installing it.
 
@@ -219,18 +244,65 @@ def required_packages(configs: dict[str, dict], meta: dict, code: list[Path]) ->
     return packages
 
 
-def exported_metadata(meta: dict, configs: dict[str, dict], code: list[Path], fold: int | None) -> dict:
+def top_level_id(key: str) -> str:
+    """``network_def`` of ``network_def#backbone`` or ``network_def::backbone``."""
+    return ReferenceResolver.split_id(key)[0]
+
+
+def carried_overrides(overrides: dict) -> dict:
+    """The overrides of a training run that describe the model (all but :data:`MACHINE_IDS`)."""
+    return {key: value for key, value in overrides.items() if top_level_id(key) not in MACHINE_IDS}
+
+
+def with_overrides(configs: dict[str, dict], overrides: dict, where: str) -> dict[str, dict]:
+    """``configs`` with each override set (MONAI's id syntax) in the configs that stand alone (with
+    ``imports``: train.json, inference.json) and define its top-level id; the others are merged over
+    train.json and get it from there. Every override must land somewhere."""
+    configs = copy.deepcopy(configs)
+    for key, value in overrides.items():
+        landed = []
+        for name, config in configs.items():
+            if "imports" not in config or top_level_id(key) not in config:
+                continue
+            parser = ConfigParser(config)
+            try:
+                parser[key] = copy.deepcopy(value)
+            except (KeyError, IndexError, ValueError) as error:
+                raise ExportError(f"{where}: cannot set {key} in {name}: {error}") from error
+            configs[name] = parser.get()
+            landed.append(name)
+        if not landed:
+            raise ExportError(f"{where}: {key} is an id of none of the bundle's configs ({', '.join(configs)})")
+    return configs
+
+
+def spatial_shape(inference: dict) -> list[int]:
+    """The network input's spatial shape of an inference config (its ``spatial_size``, overrides applied)."""
+    parser = ConfigParser({key: inference[key] for key in ("image_size", "spatial_size") if key in inference})
+    return [int(size) for size in parser.get_parsed_content("spatial_size")]
+
+
+def exported_metadata(
+    meta: dict, configs: dict[str, dict], code: list[Path], fold: int | None, overrides: dict | None = None
+) -> dict:
     meta = copy.deepcopy(meta)
     meta["required_packages_version"] = required_packages(configs, meta, code)
+    shape = spatial_shape(configs["inference.json"])
+    for tensors in meta["network_data_format"].values():
+        for tensor in tensors.values():
+            if "spatial_shape" in tensor:
+                tensor["spatial_shape"] = list(shape)
     note = f"exported by scripts/export_bundle.py: {PACKAGE} {package_version()} vendored in {VENDOR_DIR}/{PACKAGE}"
     if fold is not None:
         note += f", weights of fold {fold}"
+    if overrides:
+        note += f" trained with {json.dumps(overrides)}"
     changelog = meta.setdefault("changelog", {})
     changelog[meta["version"]] = f"{changelog[meta['version']]}; {note}" if meta["version"] in changelog else note
     return meta
 
 
-def export_notes(bundle: str, version: str, fold: int | None) -> str:
+def export_notes(bundle: str, version: str, fold: int | None, overrides: dict | None = None) -> str:
     """The section appended to the exported docs/README.md."""
     if fold is None:
         weights = "- No weights: train first; checkpoints go to `<output_dir>/models/fold<k>/` as above.\n"
@@ -242,6 +314,9 @@ def export_notes(bundle: str, version: str, fold: int | None) -> str:
   with `--config_file "['configs/train.json','configs/finetune.json']" --dataset_dir MY_DATA --output_dir finetuned`.
 - `evaluate_ensemble.json` is left out: it needs the five fold models of a study.
 """
+        if overrides:
+            settings = ", ".join(f"`{key}` {json.dumps(value)}" for key, value in overrides.items())
+            weights += f"- The model was trained with {settings}: the configs and metadata say so.\n"
     return f"""
 ## Exported bundle
 
@@ -292,9 +367,19 @@ def large_files_yml(bundle_dir: Path) -> str:
 
 def write_weights(bundle_dir: Path, checkpoint: Path) -> None:
     """``models/model.pt``, ``models/model.ts`` (from the exported configs and vendored code) and their hashes."""
-    (bundle_dir / "models").mkdir()
-    torch.save(model_state(checkpoint), bundle_dir / LARGE_FILES[0])
     configs = bundle_dir / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser["bundle_root"] = str(bundle_dir)
+    state = model_state(checkpoint)
+    mismatch = checkpoint_mismatch(state, parser.get_parsed_content("network_def"))
+    if mismatch:
+        raise ExportError(
+            f"checkpoint {checkpoint} does not fit the network_def of the exported inference.json ({mismatch}): "
+            "the overrides it was trained with are not those recorded (or passed with --overrides)"
+        )
+    (bundle_dir / "models").mkdir()
+    torch.save(state, bundle_dir / LARGE_FILES[0])
     ckpt_export(
         net_id="network_def",
         filepath=str(bundle_dir / LARGE_FILES[1]),
@@ -306,8 +391,11 @@ def write_weights(bundle_dir: Path, checkpoint: Path) -> None:
     (bundle_dir / "large_files.yml").write_text(large_files_yml(bundle_dir))
 
 
-def stage_bundle(source: Path, bundle_dir: Path, checkpoint: Path | None, fold: int | None) -> None:
-    """Write the exported bundle into the empty folder ``bundle_dir``; ``checkpoint`` of ``fold``, or no weights."""
+def stage_bundle(
+    source: Path, bundle_dir: Path, checkpoint: Path | None, fold: int | None, overrides: dict | None = None
+) -> None:
+    """Write the exported bundle into the empty folder ``bundle_dir``; ``checkpoint`` of ``fold``, or no weights;
+    ``overrides``: the ids the checkpoint was trained with, set in the exported configs."""
     with_weights = checkpoint is not None
     code = vendored_modules()
     shutil.copy2(source / "LICENSE", bundle_dir / "LICENSE")
@@ -327,15 +415,16 @@ def stage_bundle(source: Path, bundle_dir: Path, checkpoint: Path | None, fold: 
             configs[path.name] = exported_config(json.loads(path.read_text()), str(path), with_weights)
         elif path.name != "metadata.json":
             others.append(path)
+    configs = with_overrides(configs, overrides or {}, f"overrides of {checkpoint}")
     meta = json.loads((source / "configs" / "metadata.json").read_text())
-    configs["metadata.json"] = exported_metadata(meta, configs, code, fold)
+    configs["metadata.json"] = exported_metadata(meta, configs, code, fold, overrides)
     (bundle_dir / "configs").mkdir()
     for name, config in configs.items():
         (bundle_dir / "configs" / name).write_text(json.dumps(config, indent=4) + "\n")
     for path in others:
         shutil.copy2(path, bundle_dir / "configs" / path.name)
     readme = bundle_dir / "docs" / "README.md"
-    readme.write_text(readme.read_text() + export_notes(source.name, meta["version"], fold))
+    readme.write_text(readme.read_text() + export_notes(source.name, meta["version"], fold, overrides))
     if with_weights:
         write_weights(bundle_dir, checkpoint)
 
@@ -349,6 +438,23 @@ def write_zip(bundle_dir: Path, zip_path: Path) -> None:
                 archive.write(path, path.relative_to(bundle_dir.parent).as_posix(), compression)
 
 
+def recorded_overrides(record: Path) -> dict:
+    """The overrides a run recorded when its training started (``scripts/run_study.py``)."""
+    if not record.is_file():
+        raise ExportError(
+            f"{record} does not exist: how this model was trained is unknown (the study runner records it); "
+            "pass --overrides='{\"image_size\": 128, ...}' with the ids it was trained with, or --overrides={} "
+            "for the bundle's defaults"
+        )
+    try:
+        overrides = json.loads(record.read_text())
+    except (OSError, ValueError) as error:
+        raise ExportError(f"{record} is unreadable: {error}") from error
+    if not isinstance(overrides, dict):
+        raise ExportError(f"{record} holds no JSON object of overrides")
+    return overrides
+
+
 def export_bundle(
     bundle: str,
     fold: int = 1,
@@ -357,6 +463,7 @@ def export_bundle(
     run_dir: str | None = None,
     weights: bool = True,
     overwrite: bool = False,
+    overrides: dict | str | None = None,
 ) -> Path:
     """Write OUTPUT_DIR/<bundle>_v<version>.zip, the bundle in the Model Zoo layout, and return its path.
 
@@ -369,6 +476,9 @@ def export_bundle(
             study/<dataset>/runs/<bundle>/seed<s>/).
         weights: ship the trained weights; --noweights exports configs and code only.
         overwrite: replace an existing zip.
+        overrides: the bundle overrides the model was trained with (default: RUN_DIR/overrides_fold<fold>.json,
+            which the study runner writes); those that describe the model (image size, network, ...: all but
+            where and on which machine it ran) are set in the exported configs and metadata.
     """
     source = (Path(bundles_dir) if bundles_dir else BUNDLES_DIR) / bundle
     meta_file = source / "configs" / "metadata.json"
@@ -379,16 +489,27 @@ def export_bundle(
     if zip_path.exists() and not overwrite:
         raise ExportError(f"{zip_path} exists (pass --overwrite to replace it)")
     checkpoint = None
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except ValueError as error:
+            raise ExportError(f"--overrides {overrides!r} is not a JSON object: {error}") from error
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ExportError(f'--overrides must be a JSON object such as {{"image_size": 128}}, got {overrides!r}')
     if weights:
-        checkpoint = (Path(run_dir) if run_dir else source) / "models" / f"fold{fold}" / "model.pt"
+        run = Path(run_dir) if run_dir else source
+        checkpoint = run / "models" / f"fold{fold}" / "model.pt"
         if not checkpoint.is_file():
             raise ExportError(
                 f"checkpoint {checkpoint} does not exist (train fold {fold}, set --run_dir, or --noweights)"
             )
+        if overrides is None:
+            overrides = recorded_overrides(overrides_path(run, fold))
+    overrides = carried_overrides(overrides or {})
     with tempfile.TemporaryDirectory() as staging:
         bundle_dir = Path(staging) / bundle
         bundle_dir.mkdir()
-        stage_bundle(source, bundle_dir, checkpoint, fold if weights else None)
+        stage_bundle(source, bundle_dir, checkpoint, fold if weights else None, overrides)
         write_zip(bundle_dir, zip_path)
     return zip_path
 

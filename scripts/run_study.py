@@ -9,9 +9,11 @@
 
 Each (bundle, seed, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
 bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/seed<s>/`` (``models/``, ``eval/``, ``logs/``),
-with its console output in ``OUTPUT/runs/<bundle>/seed<s>/fold<k>.log``. A finished stage (training:
-``model_final.pt``; evaluation: ``summary.json``) is skipped when the study is run again, and a training
-interrupted mid-run continues from its last resume checkpoint, so an interrupted study resumes.
+with its console output in ``OUTPUT/runs/<bundle>/seed<s>/fold<k>.log`` and the bundle overrides it was
+trained with in ``overrides_fold<k>.json`` (``export_bundle.py`` carries them into a shared bundle). A
+finished stage (training: ``model_final.pt``; evaluation: ``summary.json``) is skipped when the study is run
+again, and a training interrupted mid-run continues from its last resume checkpoint, so an interrupted study
+resumes.
 A failed run is reported and the others go on; the exit status is 1 if any run failed.
 The report: ``results.csv``, ``results.md`` and PNG plots in ``OUTPUT``, with every loss compared image
 by image with a reference loss (``--reference=ce``): mean differences with bootstrap intervals, Wilcoxon
@@ -48,7 +50,7 @@ from scripts.study_launch import (  # noqa: E402
     run_sequential,
     submit_array,
 )
-from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
+from scripts.study_layout import ReportInputError, discover_runs, overrides_path, run_path  # noqa: E402
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
@@ -139,6 +141,7 @@ def run_bundle(
     into that MLflow run, then add the tags, parameters and evaluation summary to it."""
     from monai.bundle import run
 
+    from custom_losses.atomic import write_json_atomic
     from custom_losses.handlers import RESUME_PREFIX
 
     bundle, out = Path(bundle_dir), Path(run_dir)
@@ -163,6 +166,7 @@ def run_bundle(
             stage_marker(out, fold, stale).unlink(missing_ok=True)
         resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
+        write_json_atomic(overrides_path(out, fold), overrides)  # how this model is trained, for export
         train = [str(configs / "train.json")]
         if "finetune_checkpoint" in overrides:  # start from a trained model (--finetune_from)
             train.append(str(configs / "finetune.json"))

@@ -14,6 +14,12 @@ def run_path(out: Path, bundle: str, seed: int) -> Path:
     return out / "runs" / bundle / f"seed{seed}"
 
 
+def overrides_path(run_dir: Path, fold: int | str) -> Path:
+    """The bundle overrides fold ``fold`` of a run was trained with (JSON, written when its training starts);
+    ``export_bundle.py`` carries them into the shared bundle."""
+    return Path(run_dir) / f"overrides_fold{fold}.json"
+
+
 def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
     """Bundles, seeds and folds with an evaluation in a study folder."""
     summaries = sorted((out / "runs").glob("*/seed*/eval/fold*/summary.json"))

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, verify_metadata
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+from monai.utils import set_determinism
 
 from scripts.export_bundle import PACKAGE_DIR, export_bundle, main, vendored_modules
 from scripts.make_bundles import BUNDLES_DIR, SCHEMA_FILE
+from scripts.run_study import DEMO_SETTINGS, run_bundle
 from scripts.synthetic import write_prepared_polyp
 from tests.test_bundles import run_workflow
 
@@ -82,7 +84,8 @@ def run_dir(tmp_path_factory, dataset_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, run_dir) -> Path:
-    return export_bundle(BUNDLE, fold=1, output_dir=str(tmp_path_factory.mktemp("dist")), run_dir=str(run_dir))
+    dist = str(tmp_path_factory.mktemp("dist"))
+    return export_bundle(BUNDLE, fold=1, output_dir=dist, run_dir=str(run_dir), overrides=FAST)  # no record
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +211,38 @@ def test_downloaded_bundle_runs_without_custom_losses(
     torch.testing.assert_close(loaded["scripted"], loaded["network"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_export_carries_the_overrides_the_run_was_trained_with(dataset_dir, tmp_path):
+    """A study run at 32 px with the demo's resnet10 network: the exported configs and metadata describe that
+    network at that size (not the bundle's 352 px resnet18), and MONAI's verify_net_in_out passes on it."""
+    run = tmp_path / "runs" / BUNDLE / "seed0"
+    network = {key: value for key, value in DEMO_SETTINGS.items() if key.startswith("network_def")}
+    overrides = {**FAST, "image_size": 32, **network, "seed": 0}
+    run_bundle(str(BUNDLES_DIR / BUNDLE), str(run), str(dataset_dir), 1, json.dumps(overrides))
+    set_determinism(seed=None)
+    assert json.loads((run / "overrides_fold1.json").read_text()) == overrides  # recorded when training started
+
+    zip_path = export_bundle(BUNDLE, fold=1, output_dir=str(tmp_path / "dist"), run_dir=str(run))
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    bundle = tmp_path / "unzipped" / BUNDLE
+    in_repo = json.loads((BUNDLES_DIR / BUNDLE / "configs" / "inference.json").read_text())
+    for name in ("train.json", "inference.json"):
+        config = json.loads((bundle / "configs" / name).read_text())
+        assert config["image_size"] == 32, name
+        assert config["network_def"]["backbone"] == "resnet10", name
+        assert config["network_def"]["decoder_channels"] == network["network_def#decoder_channels"], name
+        assert config["device"] == in_repo["device"], name  # where the run was trained is not carried
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    assert (train["epochs"], train["batch_size"], train["num_workers"]) == (1, 4, 4)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    formats = meta["network_data_format"]
+    assert formats["inputs"]["image"]["spatial_shape"] == formats["outputs"]["pred"]["spatial_shape"] == [32, 32]
+    assert "resnet10" in meta["changelog"][VERSION]
+    config_file, meta_file = str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "metadata.json")
+    verify_net_in_out("network_def", meta_file, config_file, device="cpu", bundle_root=str(bundle))
+
+
 def test_code_only_export_keeps_the_fold_layout(tmp_path):
     zip_path = export_bundle(BUNDLE, output_dir=str(tmp_path), weights=False)
     with zipfile.ZipFile(zip_path) as archive:
@@ -231,6 +266,24 @@ def test_bad_input_fails_with_one_line_and_no_zip(tmp_path, capsys, monkeypatch)
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith("error: ") and expected in error, error
     assert str(tmp_path / "models" / "fold3" / "model.pt") in error
+
+    # a model whose training overrides nobody recorded: its image size and network are unknown
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES_DIR / BUNDLE / "configs" / "inference.json"))
+    parser["network_def#backbone"] = "resnet10"
+    (tmp_path / "models" / "fold2").mkdir(parents=True)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "fold2" / "model.pt")
+    fold2 = [f"--bundle={BUNDLE}", "--fold=2", f"--run_dir={tmp_path}", f"--output_dir={output_dir}"]
+    assert main(fold2) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{tmp_path / 'overrides_fold2.json'} does not exist" in error, error
+    assert "--overrides" in error
+    # ... or recorded wrongly: the resnet10 weights do not fit the bundle's resnet18
+    (tmp_path / "overrides_fold2.json").write_text("{}")
+    assert main(fold2) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not fit the network_def" in error, error
+    assert not output_dir.exists()
 
     output_dir.mkdir()
     (output_dir / f"{BUNDLE}_v{VERSION}.zip").write_text("an older export")

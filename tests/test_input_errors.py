@@ -17,11 +17,14 @@ import nibabel
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigWorkflow
+from monai.data import MetaTensor
 from PIL import Image
 
-from custom_losses.errors import error_line, find_input_error, report_lines
-from custom_losses.inference import output_name
+from custom_losses.data import DataError, check_items
+from custom_losses.errors import InputError, error_line, find_input_error, report_lines
+from custom_losses.inference import ManifestUpdater, inference_items, output_name
 from scripts.make_bundles import BUNDLES_DIR
 from scripts.synthetic import write_prepared_polyp
 
@@ -470,3 +473,142 @@ def test_allow_external_paths_reaches_every_datalist(prepared, tmp_path):
                 with pytest.raises(RuntimeError) as error:
                     parser.get_parsed_content(datalist_id)
                 assert "is outside dataset_dir" in str(find_input_error(error.value)), (files, datalist_id)
+
+
+def rgb_image(path: Path, height: int = 40, width: int = 48, seed: int = 0) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def manifest_rows(prediction_dir: Path, input_dir: Path) -> dict[str, dict]:
+    """The manifest's rows by input path relative to ``input_dir``."""
+    with open(prediction_dir / "manifest.csv", newline="") as handle:
+        return {Path(row["input"]).relative_to(input_dir).as_posix(): row for row in csv.DictReader(handle)}
+
+
+def test_inference_skips_name_clashes_and_lists_images_in_subfolders(tmp_path):
+    """a.png and a.jpg would both be predicted to a_seg.png: the second (in name order) is skipped, naming
+    the first; images in subfolders are listed as skipped, hidden folders and the predictions are not."""
+    frames = tmp_path / "frames"
+    (frames / "patient2").mkdir(parents=True)
+    (frames / ".thumbnails").mkdir()
+    (frames / "predictions").mkdir()
+    for path in (frames / "a.jpg", frames / "a.png", frames / "b.png", frames / "patient2" / "c.png"):
+        rgb_image(path)
+    rgb_image(frames / ".thumbnails" / "a.png")
+    rgb_image(frames / "predictions" / "old_seg.png")  # an earlier run's output inside the input folder
+    prediction_dir = frames / "predictions"
+
+    items = inference_items(frames, prediction_dir)
+    assert [Path(i["image"]).name for i in items] == ["a.jpg", "b.png"]
+    rows = manifest_rows(prediction_dir, frames)
+    assert sorted(rows) == ["a.jpg", "a.png", "b.png", "patient2/c.png"]
+    assert rows["a.jpg"]["status"] == "pending" and rows["a.jpg"]["output"] == str(prediction_dir / "a_seg.png")
+    assert rows["a.png"]["status"] == "skipped" and rows["a.png"]["output"] == ""
+    assert "a_seg.png" in rows["a.png"]["reason"] and str(frames / "a.jpg") in rows["a.png"]["reason"]
+    assert rows["patient2/c.png"]["status"] == "skipped" and "subfolder" in rows["patient2/c.png"]["reason"]
+
+    with pytest.raises(InputError, match=r"input .*a\.png would overwrite the prediction a_seg\.png of .*a\.jpg"):
+        inference_items(frames, tmp_path / "strict", strict=True)
+    (frames / "a.png").unlink()
+    with pytest.raises(InputError, match=r"input .*patient2/c\.png is in a subfolder"):
+        inference_items(frames, tmp_path / "strict", strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_inference_applies_the_training_image_checks(tmp_path):
+    """A 16-bit grayscale PNG (convert('RGB') saturates it) or an 8-bit one: refused by training, skipped here."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rgb_image(frames / "rgb.png")
+    Image.fromarray(np.linspace(0, 60000, 40 * 48).reshape(40, 48).astype(np.uint16)).save(frames / "deep.png")
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(frames / "gray.png")
+    assert Image.open(frames / "deep.png").mode.startswith("I")
+
+    items = inference_items(frames, tmp_path / "predictions")
+    assert [Path(i["image"]).name for i in items] == ["rgb.png"]
+    rows = manifest_rows(tmp_path / "predictions", frames)
+    for name in ("deep.png", "gray.png"):
+        assert rows[name]["status"] == "skipped" and "expected an RGB image" in rows[name]["reason"], rows[name]
+        training_message = f"image {frames / name} {rows[name]['reason']}"  # the training check's own words
+        with pytest.raises(DataError) as error:
+            check_items([{"image": str(frames / name), "label": str(frames / name)}])
+        assert str(error.value) == training_message
+    with pytest.raises(InputError, match=r"input .*deep\.png has 1 channel \(PIL mode I"):
+        inference_items(frames, tmp_path / "strict", strict=True)
+
+
+def test_a_failed_inference_marks_the_rows_not_predicted_not_run(tmp_path):
+    """Predictions written before the failure stay ``ok``; the rest say ``not run`` and why."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    paths = [rgb_image(frames / f"{name}.png") for name in "abc"]
+    prediction_dir = tmp_path / "predictions"
+    items = inference_items(frames, prediction_dir)
+    outputs = {Path(p).name: prediction_dir / output_name(p, "2d") for p in paths}
+
+    def step(engine, item):
+        if engine.state.iteration == 2:
+            raise MemoryError("out of memory")
+        outputs[Path(item["image"]).name].write_bytes(b"png")
+        return {"image": MetaTensor(torch.zeros(1), meta={"filename_or_obj": item["image"]})}
+
+    engine = Engine(step)
+    ManifestUpdater(prediction_dir).attach(engine)
+    with pytest.raises(MemoryError):
+        engine.run(items)
+    rows = manifest_rows(prediction_dir, frames)
+    assert rows["a.png"]["status"] == "ok"
+    assert [rows[n]["status"] for n in ("b.png", "c.png")] == ["not run", "not run"]
+    assert rows["c.png"]["reason"] == "MemoryError: out of memory"
+
+
+@pytest.mark.slow
+def test_inference_of_clashing_names_subfolders_and_16_bit_images(tmp_path):
+    """End to end: one prediction per output name (a.jpg's, not overwritten by a.png's), the others skipped."""
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "bundle"))
+    untrained_checkpoint(bundle)
+    frames = tmp_path / "frames"
+    (frames / "patient2").mkdir(parents=True)
+    rgb_image(frames / "a.jpg", 40, 48)
+    rgb_image(frames / "a.png", 20, 24)
+    rgb_image(frames / "patient2" / "c.png")
+    Image.fromarray(np.full((40, 48), 40000, np.uint16)).save(frames / "deep.png")
+    result = bundle_run(
+        bundle, "configs/inference.json", "--input_dir", str(frames), "--device", "cpu", "--image_size", "32"
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "1 of 4 image file(s)" in result.stdout and "1 skipped as name clashes" in result.stdout
+    predictions = bundle / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == ["a_seg.png", "manifest.csv"]
+    assert np.asarray(Image.open(predictions / "a_seg.png")).shape == (40, 48)  # a.jpg's
+    rows = manifest_rows(predictions, frames)
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "a.jpg": "ok",
+        "a.png": "skipped",
+        "deep.png": "skipped",
+        "patient2/c.png": "skipped",
+    }
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_at_inference_ends_with_one_line(tmp_path):
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "polyp_ce", tmp_path / "bundle"))
+    untrained_checkpoint(bundle)
+    checkpoint = bundle / "models" / "fold1" / "model.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("a.png", "b.jpg"):
+        rgb_image(frames / name)
+    result = bundle_run(
+        bundle, "configs/inference.json", "--input_dir", str(frames), "--device", "cpu", "--image_size", "32"
+    )
+    assert result.returncode == 1
+    assert last_line(result).startswith(f"error: checkpoint {checkpoint} is unreadable (truncated")
+    assert "Traceback" not in result.stdout + result.stderr  # kept in logs/error_traceback.txt
+    predictions = bundle / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == ["manifest.csv"]
+    rows = manifest_rows(predictions, frames)
+    assert {row["status"] for row in rows.values()} == {"not run"}
+    assert all(row["reason"].startswith(f"checkpoint {checkpoint} is unreadable") for row in rows.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from monai.utils import set_determinism
 from PIL import Image
 
 from custom_losses import CrossEntropyLoss
-from custom_losses.atomic import write_json_atomic
+from custom_losses.atomic import replace_atomically, write_csv_atomic, write_json_atomic, write_text_atomic
 from custom_losses.data import DataError, check_items, fold_split, load_split
 from custom_losses.handlers import AtomicCheckpointSaver, EpochCheckpointSaver, LesionMetricsWriter
 from scripts.make_bundles import BUNDLES_DIR
@@ -335,6 +336,40 @@ def test_outputs_are_written_atomically(tmp_path):
     with pytest.raises(ValueError, match="no evaluated images"):
         writer.write()
     assert not (tmp_path / "eval" / "summary.json").exists()
+
+
+def write_with_every_writer(folder: Path) -> list[Path]:
+    """Each atomic writer, and the study's files written through them (manifest, exported zip)."""
+    from custom_losses.inference import inference_items
+    from scripts.export_bundle import export_bundle
+
+    write_text_atomic(folder / "results.md", "# results\n")
+    write_json_atomic(folder / "summary.json", {"dice": 0.5})
+    write_csv_atomic(folder / "per_image.csv", [{"image": "a.png"}], ["image"])
+    with replace_atomically(folder / "blob.bin", "wb") as handle:
+        handle.write(b"\x00")
+    frames = folder / "frames"
+    frames.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frames / "a.png")
+    inference_items(frames, folder / "predictions")
+    zip_path = export_bundle("polyp_ce", output_dir=str(folder / "dist"), weights=False)
+    return [folder / n for n in ("results.md", "summary.json", "per_image.csv", "blob.bin")] + [
+        folder / "predictions" / "manifest.csv",
+        zip_path,
+    ]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Results, manifests and zips are shared files: not 0600 as tempfile.mkstemp would make them."""
+    previous = os.umask(umask)
+    try:
+        written = write_with_every_writer(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in written}
+    assert modes == {path.name: oct(mode) for path in written}
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_every_checkpoint_is_saved_atomically(tmp_path):

@@ -572,10 +572,10 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     }
 
 
-# loads the model of `checkpoint` before an evaluation or inference run
+# loads the model of `checkpoint` before an evaluation or inference run (checked first: a one-line error)
 CHECKPOINT_LOADER = {
     "_target_": "CheckpointLoader",
-    "load_path": expr("custom_losses.handlers.existing_checkpoint(@checkpoint)"),
+    "load_path": expr("custom_losses.handlers.loadable_checkpoint(@checkpoint, @network)"),
     "load_dict": {"model": "@network"},
     "map_location": "@device",
 }
@@ -659,8 +659,9 @@ def _inference_engine() -> dict:
     return {
         "handlers": [
             CHECKPOINT_LOADER,
-            {"_target_": "StatsHandler", "iteration_log": False},
+            # before StatsHandler: the first EXCEPTION_RAISED handler (it marks the rows not run)
             {"_target_": "custom_losses.inference.ManifestUpdater", "prediction_dir": "@prediction_dir"},
+            {"_target_": "StatsHandler", "iteration_log": False},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
@@ -748,7 +749,8 @@ def inference_config(spec: DatasetSpec) -> dict:
             **extra,
             "strict": False,
             "datalist": expr(
-                f"custom_losses.inference.inference_items(@input_dir, @prediction_dir, strict=@strict, kind='{kind}')"
+                "custom_losses.inference.inference_items(@input_dir, @prediction_dir, strict=@strict, "
+                f"kind='{kind}', checkpoint=@checkpoint, network=@network)"
             ),
             "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
             "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
