@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, errors, handlers, inference, metrics, networks
+from . import augment, data, errors, handlers, inference, metrics, networks, precision
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -37,5 +37,6 @@ __all__ = [
     "linear_alpha",
     "metrics",
     "networks",
+    "precision",
     "region_balanced_weights",
 ]

@@ -134,13 +134,22 @@ def common_config(spec: DatasetSpec) -> dict:
         "fold": 1,
         "ckpt_dir": expr("os.path.join(@output_dir, 'models', 'fold' + str(@fold))"),
         "device": expr("torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"),
-        "amp": expr("torch.device(@device).type == 'cuda'"),
+        # auto: bf16 where the device computes it natively (custom_losses.precision), else fp32
+        "precision": "auto",
         "num_classes": 1 + len(spec.class_names),  # background included
         "class_names": {str(index): name for index, name in spec.class_names},
         **spatial_size_and_network(spec),
-        "memory_format": expr("torch.contiguous_format" if spec.kind == "mri3d" else "torch.channels_last"),
-        "network": expr("@network_def.to(@device, memory_format=@memory_format)"),
+        "network": expr(prepared_network("@network_def", spec)),
     }
+
+
+def prepared_network(network: str, spec: DatasetSpec) -> str:
+    """``network`` on ``@device`` in its fastest layout, its forward pass in ``@precision`` (an expression)."""
+    return f"custom_losses.precision.prepare_network({network}, @device, @precision, {spatial_dims(spec)})"
+
+
+def spatial_dims(spec: DatasetSpec) -> int:
+    return 3 if spec.kind == "mri3d" else 2
 
 
 def spatial_size_and_network(spec: DatasetSpec) -> dict:
@@ -315,8 +324,6 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric",
             "train_handlers": "@train#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
             **({} if spec.kind == "mri3d" else {"prepare_batch": "@train#augmentation"}),
             **({} if decollates(spec) else {"decollate": False}),
         },
@@ -350,8 +357,6 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@validate#postprocessing",
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
             **({} if decollates(spec) else {"decollate": False}),
         },
     }
@@ -522,6 +527,9 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     }
 
 
+# what ``precision`` means on this run's device (bf16 or fp32), recorded in every evaluation summary
+RESOLVED_PRECISION = expr("custom_losses.precision.resolve_precision(@precision, @device)")
+
 # loads the model of `checkpoint` before an evaluation or inference run
 CHECKPOINT_LOADER = {
     "_target_": "CheckpointLoader",
@@ -542,7 +550,7 @@ def fold_evaluation(writer: str, writer_args: dict) -> dict:
                 "output_dir": "@eval_dir",
                 **writer_args,
                 "num_bins": 20,
-                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
+                "extra": {"fold": "@fold", "checkpoint": "@checkpoint", "precision": RESOLVED_PRECISION},
             },
         ],
         "initialize": [ERROR_REPORT, "$import numpy", expr("monai.utils.set_determinism(seed=@seed)")],
@@ -556,8 +564,13 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
         "folds": [1, 2, 3, 4, 5],
         "ensemble_pred_keys": expr("['pred_fold' + str(k) for k in @folds]"),
         "ensemble_networks": expr(
-            "[custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
-            "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device) for k in @folds]"
+            "["
+            + prepared_network(
+                "custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
+                "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device)",
+                spec,
+            )
+            + " for k in @folds]"
         ),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'ensemble')"),
         "validate#postprocessing": probability_postprocessing("@ensemble_pred_keys"),
@@ -568,7 +581,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
                 "output_dir": "@eval_dir",
                 "threshold": 0.5,
                 "num_bins": 20,
-                "extra": {"folds": "@folds"},
+                "extra": {"folds": "@folds", "precision": RESOLVED_PRECISION},
             },
         ],
         "validate#evaluator": {
@@ -581,8 +594,6 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "postprocessing": "@validate#postprocessing",
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
     }
 
@@ -602,8 +613,6 @@ def _inference_engine() -> dict:
             "inferer": "@inferer",
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
         "initialize": [ERROR_REPORT, expr("monai.utils.set_determinism(seed=0)")],
         "run": [expr("@evaluator.run()")],
@@ -694,20 +703,21 @@ def inference_config(spec: DatasetSpec) -> dict:
     return config
 
 
-def finetune_config() -> dict:
+def finetune_config(spec: DatasetSpec) -> dict:
     """Merged over train.json: start from a trained checkpoint (matching tensors only), smaller learning rate."""
     return {
         "finetune_checkpoint": expr("os.path.join(@bundle_root, 'models', 'model.pt')"),
         "network": expr(
-            "custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)"
-            ".to(memory_format=@memory_format)"
+            prepared_network(
+                "custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)", spec
+            )
         ),
         "learning_rate": 1e-4,
         "epochs": 20,
     }
 
 
-def multi_gpu_config(num_rank0_handlers: int) -> dict:
+def multi_gpu_config(spec: DatasetSpec, num_rank0_handlers: int) -> dict:
     """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU."""
     return {
         "device": expr(
@@ -715,7 +725,7 @@ def multi_gpu_config(num_rank0_handlers: int) -> dict:
         ),
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": expr("@network_def.to(@device, memory_format=@memory_format)"),
+            "module": expr(prepared_network("@network_def", spec)),
             "device_ids": expr("[@device] if torch.cuda.is_available() else None"),
         },
         "train#sampler": {

@@ -36,8 +36,8 @@ def bundle_files(spec: DatasetSpec, loss_name: str, results_dir: Path = RESULTS_
             else {"configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec))}
         ),
         "configs/inference.json": dump_json(inference_config(spec)),
-        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(RANK0_TRAIN_HANDLERS)),
-        "configs/finetune.json": dump_json(finetune_config()),
+        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(spec, RANK0_TRAIN_HANDLERS)),
+        "configs/finetune.json": dump_json(finetune_config(spec)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
         "docs/data_license.txt": spec.data_license + "\n",
