@@ -183,3 +183,35 @@ def test_bf16_training_is_deterministic_on_the_cpu(tmp_path):
     second = per_image_metrics_of_a_bf16_run(bundle, dataset, "second")
     assert len(first) == 4
     assert first == second
+
+
+def test_study_refuses_an_unknown_precision(tmp_path):
+    from scripts import run_study
+
+    with pytest.raises(run_study.StudyError, match="--precision must be one of auto, bf16, fp32, got 'fp16'"):
+        run_study.study("demo", output_dir=str(tmp_path), precision="fp16")
+
+
+@pytest.mark.slow
+def test_study_records_the_precision(tiny_demo_data, tmp_path):
+    """study.json, the report's settings line and each evaluation summary say what the networks computed in."""
+    from scripts import run_study
+    from tests.conftest import TINY
+
+    out = tmp_path / "study"
+    settings = {**TINY, "image_size": 32}
+    code = run_study.study(
+        "demo",
+        data_dir=str(tiny_demo_data),
+        bundles=["ce"],
+        output_dir=str(out),
+        precision="fp32",
+        examples=False,
+        **settings,
+    )
+    assert code == 0
+    assert json.loads((out / "study.json").read_text())["settings"]["precision"] == "fp32"
+    assert "`precision=fp32`" in (out / "results.md").read_text()
+    summary = json.loads((out / "runs" / "polyp_ce" / "seed0" / "eval" / "fold1" / "summary.json").read_text())
+    assert summary["precision"] == "fp32"
+    assert "computes in fp32 (precision fp32)" in (out / "runs" / "polyp_ce" / "seed0" / "fold1.log").read_text()
