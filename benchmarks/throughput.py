@@ -34,29 +34,66 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_losses import network_step, synchronize  # noqa: E402
+from benchmarks.bench_losses import synchronize  # noqa: E402
 
 
-def ceiling(bundle: Path, device: torch.device, image_size: int, batch_size: int, steps: int) -> dict:
-    """Images/s of the bundle's network, loss and optimizer on device-resident random batches."""
+def bundle_parser(bundle: Path, device: torch.device, precision: str, image_size: int | None):
+    """The bundle's train.json on ``device`` in ``precision`` (at ``image_size``, 2D)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
-    network = parser.get_parsed_content("network_def").to(device)
+    parser["device"] = str(device)
+    parser["precision"] = precision
+    if image_size is not None and "image_size" in parser.config:
+        parser["image_size"] = image_size
+    return parser
+
+
+def random_batch(parser, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of the bundle's shapes: RGB and a binary mask (2D), one channel and class labels (3D)."""
+    spatial = list(parser.get_parsed_content("spatial_size"))
+    channels = parser.get_parsed_content("network_def#in_channels")
+    classes = parser.get_parsed_content("num_classes")
+    images = torch.rand(batch_size, channels, *spatial, device=device)
+    if classes == 2:
+        labels = (torch.rand(batch_size, 1, *spatial, device=device) > 0.9).float()
+    else:
+        labels = torch.randint(0, classes, (batch_size, 1, *spatial), device=device).float()
+    return images, labels
+
+
+def ceiling(
+    bundle: Path, device: torch.device, image_size: int | None, batch_size: int, steps: int, precision: str = "auto"
+) -> dict:
+    """Images/s of the bundle's network (on the device, layout and forward precision as the bundle prepares
+    it), loss and AdamW on device-resident random batches: what the device can do, with no data pipeline."""
+    from custom_losses.precision import memory_format, resolve_precision
+
+    parser = bundle_parser(bundle, device, precision, image_size)
+    network = parser.get_parsed_content("network")
     loss_fn = parser.get_parsed_content("loss")  # references such as @dbce_radius resolve here
-    images = torch.rand(batch_size, 3, image_size, image_size, device=device)
-    labels = (torch.rand(batch_size, 1, image_size, image_size, device=device) > 0.9).float()
-    step = network_step(network, loss_fn, images, labels)
-    for _ in range(3):
+    images, labels = random_batch(parser, batch_size, device)
+    resolved = resolve_precision(precision, device)
+    images = images.to(memory_format=memory_format(images.dim() - 2, resolved))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(network(images), labels).backward()
+        optimizer.step()
+
+    for _ in range(2):
         step()
     synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
+    seconds = []
+    for _ in range(steps):  # the median step: robust to a neighbour's burst on a shared machine
+        start = time.perf_counter()
         step()
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"images_per_s": round(steps * batch_size / seconds, 2), "step_ms": round(1e3 * seconds / steps, 2)}
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    median = sorted(seconds)[len(seconds) // 2]
+    return {"precision": resolved, "images_per_s": round(batch_size / median, 2), "step_ms": round(1e3 * median, 2)}
 
 
 def training_workflow(bundle: Path, settings: dict, work_dir: Path):
@@ -166,7 +203,8 @@ def checkpoint_cost(bundle: Path, repeats: int = 3) -> dict:
     parser.read_config(str(bundle / "configs" / "train.json"))
     network = parser.get_parsed_content("network_def")
     optimizer = torch.optim.AdamW(network.parameters(), lr=3e-4)
-    network(torch.rand(2, 3, 64, 64)).mean().backward()
+    images, _ = random_batch(parser, 2, torch.device("cpu"))
+    network(images).mean().backward()
     optimizer.step()
     state = {"model": network.state_dict(), "optimizer": optimizer.state_dict()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,15 +315,26 @@ def _prepared(data_dir: Path, bundle_name: str) -> Path:
     return chosen
 
 
-def _native_image_size(bundle: Path) -> int:
-    return json.loads((bundle / "configs" / "train.json").read_text())["image_size"]
+def _native_image_size(bundle: Path) -> int | None:
+    """The 2D bundles' ``image_size``; None for 3D bundles (they run at their spec's ``spatial_size``)."""
+    return json.loads((bundle / "configs" / "train.json").read_text()).get("image_size")
 
 
-def synthetic_data(root: Path, image_size: int, num_train: int) -> Path:
+def _is_3d(bundle: Path) -> bool:
+    return _native_image_size(bundle) is None
+
+
+def synthetic_data(root: Path, image_size: int | None, num_train: int) -> Path:
+    """A synthetic dataset prepared like the real one: polyp frames (2D) or hippocampus volumes (3D)."""
     from scripts.demo_data import write_demo_layouts
-    from scripts.prepare_data import prepare_polyp
+    from scripts.prepare_data import prepare_hippocampus, prepare_polyp
+    from scripts.synthetic import write_hippocampus_layout
 
     if (root / "prepared" / "datalist.json").is_file():  # shared by the bundles of one image size
+        return root / "prepared"
+    if image_size is None:
+        raw = write_hippocampus_layout(root / "raw", n_volumes=max(num_train // 4, 10), shape=(35, 51, 35))
+        prepare_hippocampus(raw, root / "prepared")
         return root / "prepared"
     kvasir, endotect = write_demo_layouts(root / "raw", num_train=num_train, num_test_lesion=num_train // 4)
     prepare_polyp(kvasir, endotect, root / "prepared", size=image_size)
@@ -304,29 +353,40 @@ def main(
     synthetic_images: int = 200,
     output: str = "throughput.json",
     data_only: bool = False,
+    precisions: tuple[str, ...] = ("auto",),
+    ceiling_precisions: tuple[str, ...] = ("fp32", "bf16"),
 ) -> None:
     """Measure ceiling and bundle pipeline speed for each bundle; print ratios and write ``output``.
 
     Args:
         device: ``cuda`` or ``cpu``.
         data_dir: a prepared dataset (``datalist.json``), or a folder with one per dataset (``polyp/``,
-            ``footulcer/``); default: a synthetic one at each bundle's ``image_size``.
-        bundles: bundle folder names under ``bundles/``.
-        image_size: input size (default: each bundle's own, 352 polyp / 512 foot ulcer).
+            ``footulcer/``, ``hippocampus/``); default: a synthetic one at each bundle's ``image_size``.
+        bundles: bundle folder names under ``bundles/`` (2D or 3D).
+        image_size: 2D input size (default: each bundle's own, 352 polyp / 512 foot ulcer); 3D bundles run
+            at their own spatial size.
         batch_size: training batch size.
         epochs: epochs of each bundle run (the first is reported as overhead, the median of the rest as speed).
         num_workers: data loader workers.
-        ceiling_steps: timed steps of the ceiling.
+        ceiling_steps: timed steps of each ceiling (their median is reported).
         synthetic_images: training images of the synthetic dataset when no ``data_dir`` is given.
         output: JSON file for every figure.
         data_only: measure only the data side (split checks, cache fill, data pipeline alone, augmentation
             and post-processing costs), e.g. on a CPU at the bundles' real image size.
+        precisions: the bundle's ``precision`` for each bundle run, e.g. ``[fp32,bf16]`` to time both
+            (the first is the one reported as ``bundle``; ``auto``: what the bundle picks on this device).
+        ceiling_precisions: precisions of the ceiling; the fastest one is the device's real ceiling.
     """
+    from custom_losses.precision import cpu_computes_bf16, resolve_precision
+
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = True
+    precisions, ceiling_precisions = list(precisions), list(ceiling_precisions)
     report: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.machine()})",
+        "cpu_computes_bf16": cpu_computes_bf16(),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "epochs": epochs,
         "num_workers": num_workers,
@@ -336,44 +396,78 @@ def main(
         work = Path(tmp)
         for name in bundles:
             bundle = REPO / "bundles" / name
-            size = image_size or _native_image_size(bundle)
+            size = None if _is_3d(bundle) else image_size or _native_image_size(bundle)
             data = (
                 _prepared(Path(data_dir), name)
                 if data_dir
-                else synthetic_data(work / f"data{size}", size, synthetic_images)
+                else synthetic_data(work / f"data{size or '3d'}", size, synthetic_images)
             )
             settings = {
                 "bundle_root": str(bundle),
                 "dataset_dir": str(data),
                 "device": str(dev),
-                "image_size": size,
                 "batch_size": batch_size,
                 "epochs": epochs,
                 "num_workers": num_workers,
+                "precision": precisions[0],
+                **({} if size is None else {"image_size": size}),
             }
             workflow = training_workflow(bundle, settings, work / "runs")
-            print(f"{name}: data pipeline alone...", flush=True)
-            result = {"image_size": size, "data_pipeline": data_pipeline(workflow, dev)}
+            result: dict = {"image_size": size}
+            if size is not None:  # 3D bundles augment per volume in data-loader workers
+                print(f"{name}: data pipeline alone...", flush=True)
+                result["data_pipeline"] = data_pipeline(workflow, dev)
             result["resume_checkpoint"] = checkpoint_cost(bundle)
             if data_only:
                 report["bundles"][name] = result
                 continue
-            print(f"{name}: ceiling...", flush=True)
-            result["ceiling"] = ceiling(bundle, dev, size, batch_size, ceiling_steps)
-            print(f"{name}: bundle pipeline ({epochs} epochs)...", flush=True)
-            result["bundle"] = bundle_pipeline(workflow, bundle, settings, dev, work / "runs")
+            ceilings = {}
+            for precision in ceiling_precisions:
+                print(f"{name}: ceiling in {precision}...", flush=True)
+                ceilings[precision] = ceiling(bundle, dev, size, batch_size, ceiling_steps, precision)
+            result["ceilings"] = ceilings
+            fastest = max(ceilings.values(), key=lambda c: c["images_per_s"])
+            result["real_ceiling"] = {"precision": fastest["precision"], "images_per_s": fastest["images_per_s"]}
+            if "fp32" in ceilings and "bf16" in ceilings:
+                result["ceiling_bf16_over_fp32"] = round(
+                    ceilings["bf16"]["images_per_s"] / ceilings["fp32"]["images_per_s"], 3
+                )
+            by_precision = {}
+            for index, precision in enumerate(precisions):
+                print(f"{name}: bundle pipeline in {precision} ({epochs} epochs)...", flush=True)
+                if index:
+                    workflow = training_workflow(bundle, {**settings, "precision": precision}, work / f"runs{index}")
+                run_settings = {**settings, "precision": precision}
+                pipeline = bundle_pipeline(workflow, bundle, run_settings, dev, work / f"runs{index or ''}")
+                pipeline["precision"] = resolve_precision(precision, dev)
+                same = ceilings.get(pipeline["precision"])
+                if same:
+                    pipeline["over_ceiling_same_precision"] = round(pipeline["images_per_s"] / same["images_per_s"], 3)
+                if "fp32" in ceilings:
+                    pipeline["over_fp32_ceiling"] = round(
+                        pipeline["images_per_s"] / ceilings["fp32"]["images_per_s"], 3
+                    )
+                pipeline["over_real_ceiling"] = round(pipeline["images_per_s"] / fastest["images_per_s"], 3)
+                by_precision[precision] = pipeline
+            result["bundle"] = by_precision[precisions[0]]
+            result["bundle_by_precision"] = by_precision
+            result["ceiling"] = ceilings.get(result["bundle"]["precision"], fastest)
             result["bundle_over_ceiling"] = round(
                 result["bundle"]["images_per_s"] / result["ceiling"]["images_per_s"], 3
             )
+            if "fp32" in by_precision and "bf16" in by_precision:
+                result["bundle_bf16_over_fp32"] = round(
+                    by_precision["bf16"]["images_per_s"] / by_precision["fp32"]["images_per_s"], 3
+                )
             report["bundles"][name] = result
             print(json.dumps({name: result}, indent=4), flush=True)
-    for dataset in ("polyp", "footulcer"):
+    for dataset in ("polyp", "footulcer", "hippocampus"):
         ce, dbce = report["bundles"].get(f"{dataset}_ce"), report["bundles"].get(f"{dataset}_dbce")
         if ce and dbce and not data_only:
             report[f"{dataset}_dbce_over_ce_images_per_s"] = round(
                 dbce["bundle"]["images_per_s"] / ce["bundle"]["images_per_s"], 3
             )
-    native_sizes = sorted({_native_image_size(REPO / "bundles" / name) for name in bundles})
+    native_sizes = sorted({s for s in (_native_image_size(REPO / "bundles" / name) for name in bundles) if s})
     report["augmentation_ms_per_image_one_cpu_core"] = {
         str(size): augmentation_cost(size, batch_size) for size in native_sizes
     }
@@ -381,20 +475,27 @@ def main(
     Path(output).write_text(json.dumps(report, indent=4) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "bundles"}, indent=4))
     for name, result in report["bundles"].items():
-        data = result["data_pipeline"]
-        print(
-            f"{name}: {data['train_items']} training items, split checks {data['split_checks_s']} s, cache fill "
-            f"{data['cache_fill_s']} s, data pipeline alone {data['images_per_s']} img/s, resume checkpoint "
-            f"{result['resume_checkpoint']['mib']} MiB saved in {result['resume_checkpoint']['save_s']} s"
-        )
+        data = result.get("data_pipeline")
+        if data:
+            print(
+                f"{name}: {data['train_items']} training items, split checks {data['split_checks_s']} s, cache fill "
+                f"{data['cache_fill_s']} s, data pipeline alone {data['images_per_s']} img/s, resume checkpoint "
+                f"{result['resume_checkpoint']['mib']} MiB saved in {result['resume_checkpoint']['save_s']} s"
+            )
         if data_only:
             continue
-        pipeline = result["bundle"]
-        print(
-            f"{name}: ceiling {result['ceiling']['images_per_s']} img/s, bundle {pipeline['images_per_s']} img/s "
-            f"({100 * result['bundle_over_ceiling']:.0f}% of ceiling), eval {pipeline['eval_images_per_s']} img/s, "
-            f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s"
-        )
+        ceilings = ", ".join(f"{p} {c['images_per_s']}" for p, c in result["ceilings"].items())
+        print(f"{name}: ceiling (images/s) {ceilings}; real ceiling {result['real_ceiling']['precision']}")
+        for precision, pipeline in result["bundle_by_precision"].items():
+            print(
+                f"{name}: bundle precision={precision} ({pipeline['precision']}) {pipeline['images_per_s']} img/s = "
+                f"{pipeline.get('over_ceiling_same_precision', float('nan')):.2f} x its precision's ceiling, "
+                f"{pipeline.get('over_fp32_ceiling', float('nan')):.2f} x the fp32 ceiling, "
+                f"{pipeline['over_real_ceiling']:.2f} x the real ceiling; eval {pipeline['eval_images_per_s']} img/s, "
+                f"first-epoch overhead {pipeline['first_epoch_overhead_s']} s"
+            )
+        if "bundle_bf16_over_fp32" in result:
+            print(f"{name}: bundle bf16 / fp32 = {result['bundle_bf16_over_fp32']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, errors, handlers, inference, metrics, networks, settings
+from . import augment, data, errors, handlers, inference, metrics, networks, precision, settings
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -37,6 +37,7 @@ __all__ = [
     "linear_alpha",
     "metrics",
     "networks",
+    "precision",
     "region_balanced_weights",
     "settings",
 ]

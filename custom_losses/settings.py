@@ -165,6 +165,12 @@ def writable_folder(value: Any, network: Network) -> str | None:
     return None
 
 
+def precision_name(value: Any, network: Network) -> str | None:
+    from .precision import PRECISIONS
+
+    return None if value in PRECISIONS else f"must be one of {', '.join(PRECISIONS)}, {_got(value)}"
+
+
 # id -> rule, in the order they are checked (the first problem is reported)
 RULES: dict[str, Rule] = {
     "epochs": positive_int,
@@ -186,6 +192,7 @@ RULES: dict[str, Rule] = {
     "image_size": image_size,  # before spatial_size: in 2D configs, spatial_size is made of it
     "spatial_size": spatial_size,
     "device": available_device,
+    "precision": precision_name,
     "output_dir": writable_folder,
     "ckpt_dir": writable_folder,
     "log_dir": writable_folder,

@@ -288,6 +288,7 @@ def study(
     seeds: list[int] | int = (0,),
     epochs: int | None = None,
     device: str | None = None,
+    precision: str = "auto",
     output_dir: str | None = None,
     setting: str | None = None,
     reference: str = "ce",
@@ -321,6 +322,8 @@ def study(
         seeds: training seeds; every (bundle, fold, seed) is its own run, e.g. ``[0,1,2]``.
         epochs: training epochs (default: the bundle's, or the setting's).
         device: ``cpu``, ``cuda``, ``cuda:1``... (default: the bundle's choice).
+        precision: the networks' compute precision: ``auto`` (bf16 where the device computes it natively:
+            a GPU, or a CPU with AVX512-BF16 or AMX; fp32 elsewhere), ``bf16`` or ``fp32``.
         output_dir: study folder (default ``study/<dataset>``).
         setting: a named reduced-scale setting, ``cpu`` (image size, epochs, batch size for the 2-core
             CPU; see SETTINGS in this file and docs/results/).
@@ -381,6 +384,11 @@ def study(
         settings["epochs"] = int(epochs)
     if device is not None:
         settings["device"] = str(device)
+    from custom_losses.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise StudyError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    settings["precision"] = precision  # recorded in study.json, the report and MLflow even when auto
     if finetune_from is not None:
         if not Path(finetune_from).is_file():
             raise StudyError(f"--finetune_from {finetune_from} does not exist (a trained model.pt)")

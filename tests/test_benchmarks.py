@@ -34,6 +34,7 @@ def test_throughput_writes_every_figure(tmp_path, monkeypatch):
         ceiling_steps=2,
         synthetic_images=16,
         output=str(output),
+        precisions=("fp32", "bf16"),
     )
     report = json.loads(output.read_text())
     for name in ("polyp_ce", "polyp_dbce"):
@@ -42,9 +43,35 @@ def test_throughput_writes_every_figure(tmp_path, monkeypatch):
         assert result["ceiling"]["images_per_s"] > 0 and result["bundle"]["images_per_s"] > 0
         assert result["bundle"]["eval_images_per_s"] > 0 and len(result["bundle"]["epoch_seconds"]) == 2
         assert result["bundle_over_ceiling"] > 0
+        assert {c["precision"] for c in result["ceilings"].values()} == {"fp32", "bf16"}
+        assert result["ceiling_bf16_over_fp32"] > 0 and result["bundle_bf16_over_fp32"] > 0
+        assert result["bundle_by_precision"]["bf16"]["over_fp32_ceiling"] > 0
+        assert result["real_ceiling"]["precision"] in ("fp32", "bf16")
     assert report["polyp_dbce_over_ce_images_per_s"] > 0
     assert set(report["augmentation_ms_per_image_one_cpu_core"]) == {"352"}  # the bundles' own size
     assert report["postprocessing_host_ms_per_batch"]["decollated_ms"] > 0
+
+
+@pytest.mark.slow
+def test_throughput_of_a_3d_bundle(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "throughput.json"
+    load("throughput").main(
+        device="cpu",
+        bundles=("hippocampus_ce",),
+        batch_size=2,
+        epochs=2,
+        num_workers=0,
+        ceiling_steps=1,
+        synthetic_images=8,
+        output=str(output),
+        precisions=("fp32",),
+        ceiling_precisions=("fp32",),
+    )
+    result = json.loads(output.read_text())["bundles"]["hippocampus_ce"]
+    assert result["image_size"] is None and "data_pipeline" not in result  # volumes: per-item transforms
+    assert result["ceiling"]["precision"] == "fp32" and result["bundle"]["images_per_s"] > 0
+    assert result["bundle"]["eval_images_per_s"] > 0 and result["resume_checkpoint"]["mib"] > 0
 
 
 def test_throughput_names_a_missing_dataset(tmp_path):

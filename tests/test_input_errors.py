@@ -234,6 +234,7 @@ DOWNSAMPLES_32 = "(the FlexibleUNet downsamples by 2 x 2 x 2 x 2 x 2 = 32)"
         ),
         ("spatial_size", [48, 64], UNET_3D, "spatial_size must be 3 positive multiples of 16"),
         ("device", "gpu", FLEXIBLE_UNET, "device must be cpu, cuda or cuda:N, got 'gpu'"),
+        ("precision", "fp16", FLEXIBLE_UNET, "precision must be one of auto, bf16, fp32, got 'fp16'"),
         ("threshold", 1, FLEXIBLE_UNET, "threshold must be a number between 0 and 1, got 1"),
     ],
 )

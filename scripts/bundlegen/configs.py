@@ -134,13 +134,22 @@ def common_config(spec: DatasetSpec) -> dict:
         "fold": 1,
         "ckpt_dir": expr("os.path.join(@output_dir, 'models', 'fold' + str(@fold))"),
         "device": expr("torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')"),
-        "amp": expr("torch.device(@device).type == 'cuda'"),
+        # auto: bf16 where the device computes it natively (custom_losses.precision), else fp32
+        "precision": "auto",
         "num_classes": 1 + len(spec.class_names),  # background included
         "class_names": {str(index): name for index, name in spec.class_names},
         **spatial_size_and_network(spec),
-        "memory_format": expr("torch.contiguous_format" if spec.kind == "mri3d" else "torch.channels_last"),
-        "network": expr("@network_def.to(@device, memory_format=@memory_format)"),
+        "network": expr(prepared_network("@network_def", spec)),
     }
+
+
+def prepared_network(network: str, spec: DatasetSpec) -> str:
+    """``network`` on ``@device`` in its fastest layout, its forward pass in ``@precision`` (an expression)."""
+    return f"custom_losses.precision.prepare_network({network}, @device, @precision, {spatial_dims(spec)})"
+
+
+def spatial_dims(spec: DatasetSpec) -> int:
+    return 3 if spec.kind == "mri3d" else 2
 
 
 def spatial_size_and_network(spec: DatasetSpec) -> dict:
@@ -317,8 +326,6 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric",
             "train_handlers": "@train#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
             **({} if spec.kind == "mri3d" else {"prepare_batch": "@train#augmentation"}),
             **({} if decollates(spec) else {"decollate": False}),
         },
@@ -353,8 +360,6 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@validate#postprocessing",
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
             **({} if decollates(spec) else {"decollate": False}),
         },
     }
@@ -369,8 +374,8 @@ ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
 
 # The ids each kind of run checks before anything else (their rules, and the order they are checked in:
 # custom_losses.settings.RULES); those its config lacks (image_size in 3D, threshold in 3D inference) are
-# left out. An id every config has (such as a precision setting) goes into COMMON_SETTINGS.
-COMMON_SETTINGS = ["image_size", "spatial_size", "device"]
+# left out. An id every config has (such as precision) goes into COMMON_SETTINGS.
+COMMON_SETTINGS = ["image_size", "spatial_size", "device", "precision"]
 TRAINING_SETTINGS = [
     "epochs",
     "batch_size",
@@ -572,6 +577,9 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     }
 
 
+# what ``precision`` means on this run's device (bf16 or fp32), recorded in every evaluation summary
+RESOLVED_PRECISION = expr("custom_losses.precision.resolve_precision(@precision, @device)")
+
 # loads the model of `checkpoint` before an evaluation or inference run (checked first: a one-line error)
 CHECKPOINT_LOADER = {
     "_target_": "CheckpointLoader",
@@ -597,7 +605,7 @@ def fold_evaluation(spec: DatasetSpec, writer: str, writer_args: dict) -> dict:
                 "output_dir": "@eval_dir",
                 **writer_args,
                 "num_bins": 20,
-                "extra": {"fold": "@fold", "checkpoint": "@checkpoint"},
+                "extra": {"fold": "@fold", "checkpoint": "@checkpoint", "precision": RESOLVED_PRECISION},
             },
         ],
         "checked_settings": checked_settings(EVALUATION_SETTINGS, training_ids(spec) | {"eval_dir"}),
@@ -617,8 +625,13 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
         "folds": [1, 2, 3, 4, 5],
         "ensemble_pred_keys": expr("['pred_fold' + str(k) for k in @folds]"),
         "ensemble_networks": expr(
-            "[custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
-            "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device) for k in @folds]"
+            "["
+            + prepared_network(
+                "custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
+                "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device)",
+                spec,
+            )
+            + " for k in @folds]"
         ),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'ensemble')"),
         "validate#postprocessing": probability_postprocessing("@ensemble_pred_keys"),
@@ -629,7 +642,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
                 "output_dir": "@eval_dir",
                 "threshold": 0.5,
                 "num_bins": 20,
-                "extra": {"folds": "@folds"},
+                "extra": {"folds": "@folds", "precision": RESOLVED_PRECISION},
             },
         ],
         "validate#evaluator": {
@@ -642,8 +655,6 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "postprocessing": "@validate#postprocessing",
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
         "checked_settings": checked_settings(ENSEMBLE_SETTINGS, training_ids(spec) | {"folds", "eval_dir"}),
         "initialize": [
@@ -671,8 +682,6 @@ def _inference_engine() -> dict:
             "inferer": "@inferer",
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
-            "amp": "@amp",
-            "amp_kwargs": {"dtype": expr("torch.bfloat16")},
         },
         "run": [expr("@evaluator.run()")],
     }
@@ -771,13 +780,14 @@ def inference_config(spec: DatasetSpec) -> dict:
     return config
 
 
-def finetune_config() -> dict:
+def finetune_config(spec: DatasetSpec) -> dict:
     """Merged over train.json: start from a trained checkpoint (matching tensors only), smaller learning rate."""
     return {
         "finetune_checkpoint": expr("os.path.join(@bundle_root, 'models', 'model.pt')"),
         "network": expr(
-            "custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)"
-            ".to(memory_format=@memory_format)"
+            prepared_network(
+                "custom_losses.handlers.load_pretrained_weights(@network_def, @finetune_checkpoint, @device)", spec
+            )
         ),
         "learning_rate": 1e-4,
         "epochs": 20,
@@ -794,7 +804,7 @@ def multi_gpu_config(spec: DatasetSpec, num_rank0_handlers: int) -> dict:
         ),
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": expr("@network_def.to(@device, memory_format=@memory_format)"),
+            "module": expr(prepared_network("@network_def", spec)),
             "device_ids": expr("[@device] if torch.cuda.is_available() else None"),
         },
         "train#sampler": {

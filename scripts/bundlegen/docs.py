@@ -111,8 +111,10 @@ Licence of the data: see `docs/data_license.txt`.
 ## Model and training
 
 {model} AdamW, learning rate {spec.learning_rate} with cosine decay, batch {spec.batch_size},
-{spec.epochs} epochs, bf16 autocast on GPU. The best validation checkpoint is `models/fold<k>/model.pt`,
-the last one `models/fold<k>/model_final.pt`.
+{spec.epochs} epochs. The network runs in bf16 where the device computes it natively (a GPU, or a CPU with
+AVX512-BF16 or AMX; losses and metrics stay float32) and in fp32 elsewhere: `--precision auto` (default),
+`bf16` or `fp32`. The best validation checkpoint is `models/fold<k>/model.pt`, the last one
+`models/fold<k>/model_final.pt`.
 
 {texts["pipeline"]}
 

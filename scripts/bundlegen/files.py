@@ -37,7 +37,7 @@ def bundle_files(spec: DatasetSpec, loss_name: str, results_dir: Path = RESULTS_
         ),
         "configs/inference.json": dump_json(inference_config(spec)),
         "configs/multi_gpu_train.json": dump_json(multi_gpu_config(spec, RANK0_TRAIN_HANDLERS)),
-        "configs/finetune.json": dump_json(finetune_config()),
+        "configs/finetune.json": dump_json(finetune_config(spec)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),
         "docs/data_license.txt": spec.data_license + "\n",
