@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from scripts import run_study
-from scripts.study_report import convergence, convergence_verdict, write_report
+from scripts.study_layout import run_path
+from scripts.study_report import convergence, convergence_verdict, validation_curve, write_report
+from scripts.synthetic import write_prepared_polyp
 from tests.conftest import TINY
 
 
@@ -292,37 +294,75 @@ def test_report_checks_the_dbce_claim_image_by_image(tmp_path):
     assert "### DBCE against" not in (tmp_path / "results.md").read_text()
 
 
-def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_data, tmp_path):
-    """Kill the study mid-training, run the same command again: the run continues from its last resume
-    checkpoint (not epoch 0) and ends with exactly the weights of an uninterrupted study (CPU, same seed)."""
-    settings = {**TINY, "epochs": 6, "resume_checkpoint_interval_s": 0}
+@pytest.fixture(scope="module")
+def small_polyp_data(tmp_path_factory) -> Path:
+    """13 frames of 32 px: a CE run's validation Dice peaks after a few epochs and falls (to 0 on this CPU)."""
+    return write_prepared_polyp(
+        tmp_path_factory.mktemp("small"), n_train=10, n_lesion=2, n_lesion_free=1, size=(40, 36), image_size=32
+    )
 
-    def command(out: Path) -> list[str]:
-        return [sys.executable, str(run_study.REPO / "scripts" / "run_study.py"), "demo"] + [
-            f"--data_dir={tiny_demo_data}",
-            "--bundles=[ce]",
-            f"--output_dir={out}",
-            "--examples=False",
-            *(f"--{key}={value}" for key, value in settings.items()),
-        ]
+
+SMALL = {"image_size": 32, "batch_size": 2, "val_batch_size": 4, "num_workers": 0, "device": "cpu"}
+
+
+def study_command(data_dir: Path, out: Path, settings: dict, *options: str) -> list[str]:
+    """The study of the CE bundle as a user starts it."""
+    return [sys.executable, str(run_study.REPO / "scripts" / "run_study.py"), "polyp"] + [
+        f"--data_dir={data_dir}",
+        "--bundles=[ce]",
+        f"--output_dir={out}",
+        *options,
+        *(f"--{key}={value}" for key, value in settings.items()),
+    ]
+
+
+def resume_epochs(models: Path) -> list[int]:
+    return sorted(int(p.stem.rsplit("=", 1)[1]) for p in models.glob("resume_checkpoint_epoch=*.pt"))
+
+
+def differing_tensors(first: Path, second: Path) -> list[str]:
+    """Names of the tensors that differ between two checkpoints (a KeyError if their names differ)."""
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(small_polyp_data, tmp_path):
+    """Kill the study mid-training, run the same command again: the run continues from its last resume
+    checkpoint (not epoch 0) and ends with exactly the final weights, the best model (``model.pt``, the one
+    evaluated and exported) and the test metrics of an uninterrupted study (CPU, same seed). The kill comes
+    after the best validation epoch, so a resumed run that forgot the best value would replace the model."""
+    settings = {**SMALL, "epochs": 6, "resume_checkpoint_interval_s": 0}
+    uninterrupted = tmp_path / "uninterrupted"
+    straight = subprocess.run(
+        study_command(small_polyp_data, uninterrupted, settings, "--examples=False"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-3000:]
+    curve = validation_curve(run_path(uninterrupted, "polyp_ce", 0), 1)
+    best_epoch = max(curve, key=lambda point: point[1])[0]  # the first best, the one model.pt keeps
+    assert best_epoch < settings["epochs"], f"validation Dice must peak before the last epoch: {curve}"
 
     interrupted = tmp_path / "interrupted"
     models = interrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1"
+    command = study_command(small_polyp_data, interrupted, settings, "--examples=False")
     with open(tmp_path / "first.log", "w") as log:
-        child = subprocess.Popen(command(interrupted), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 240
-        while not list(models.glob("resume_checkpoint_epoch=*.pt")) and time.time() < deadline:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not [e for e in resume_epochs(models) if e >= best_epoch] and time.time() < deadline:
             if child.poll() is not None:
                 break
             time.sleep(0.02)
         os.killpg(child.pid, signal.SIGKILL)  # the study and its training child
         child.wait()
-    saved = list(models.glob("resume_checkpoint_epoch=*.pt"))
-    assert saved, (tmp_path / "first.log").read_text()[-2000:]
+    saved = resume_epochs(models)
+    assert saved and saved[-1] >= best_epoch, (tmp_path / "first.log").read_text()[-2000:]
     assert not (models / "model_final.pt").exists(), "killed too late: the run had finished"
-    resumed_from = int(saved[0].stem.rsplit("=", 1)[1])
+    resumed_from = saved[-1]
 
-    again = subprocess.run(command(interrupted), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "(resumed)" in again.stdout
     log = (interrupted / "runs" / "polyp_ce" / "seed0" / "fold1.log").read_text()
@@ -330,16 +370,11 @@ def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_
     first_epoch = int(second.split("Epoch: ")[1].split("/")[0])
     assert first_epoch == resumed_from + 1  # continued after the checkpoint, not from epoch 1
 
-    uninterrupted = tmp_path / "uninterrupted"
-    straight = subprocess.run(command(uninterrupted), capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-3000:]
-    resumed = torch.load(models / "model_final.pt", weights_only=True)
-    reference = torch.load(
-        uninterrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1" / "model_final.pt", weights_only=True
-    )
-    assert resumed.keys() == reference.keys()
-    different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
-    assert not different, different[:5]
+    reference = uninterrupted / "runs" / "polyp_ce" / "seed0"
+    assert not differing_tensors(models / "model_final.pt", reference / "models" / "fold1" / "model_final.pt")
+    assert not differing_tensors(models / "model.pt", reference / "models" / "fold1" / "model.pt")
+    per_image = Path("eval") / "fold1" / "per_image.csv"
+    assert (interrupted / "runs" / "polyp_ce" / "seed0" / per_image).read_text() == (reference / per_image).read_text()
 
 
 def test_convergence_says_whether_the_curve_flattened():
