@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fire
@@ -41,6 +44,7 @@ from scripts.study_launch import (  # noqa: E402
     LaunchError,
     SlurmOptions,
     check_launch,
+    end_with_study,
     format_seconds,
     outcome,
     run_child,
@@ -123,6 +127,35 @@ def read_study_record(out: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@contextmanager
+def run_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """Hold ``RUN/<name>.lock`` (a run's fold, or its ensemble) for this process, or fail naming its holder.
+
+    A POSIX record lock (``lockf``): the kernel releases it when the process ends however it ends, and the
+    data-loader processes it forks do not hold it. The file keeps the holder's PID for the message."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # Windows: no lock
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{name}.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise StudyError(
+                f"{run_dir} {name} is in use by process {holder} ({path}): another study is running it; "
+                "wait for it to end or stop it"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def run_bundle(
     bundle_dir: str,
     run_dir: str,
@@ -136,7 +169,23 @@ def run_bundle(
     """One (bundle, fold) in this process: train, evaluate, predict the example images (stages already
     done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation.
     ``tracking`` (JSON: uri, experiment, run_name, tags, params): train with MONAI's ``--tracking mlflow``
-    into that MLflow run, then add the tags, parameters and evaluation summary to it."""
+    into that MLflow run, then add the tags, parameters and evaluation summary to it. One process at a time
+    runs a (run folder, fold): a second one fails at once naming the first (:func:`run_lock`)."""
+    end_with_study()
+    with run_lock(Path(run_dir), "ensemble" if ensemble_folds is not None else f"fold{fold}"):
+        _run_stages(bundle_dir, run_dir, data_dir, fold, overrides, examples_dir, ensemble_folds, tracking)
+
+
+def _run_stages(
+    bundle_dir: str,
+    run_dir: str,
+    data_dir: str,
+    fold: int,
+    overrides: dict | str,
+    examples_dir: str | None,
+    ensemble_folds: list[int] | str | None,
+    tracking: dict | str | None,
+) -> None:
     from monai.bundle import run
 
     from custom_losses.handlers import RESUME_PREFIX

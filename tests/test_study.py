@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -375,6 +376,69 @@ def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(small_poly
     assert not differing_tensors(models / "model.pt", reference / "models" / "fold1" / "model.pt")
     per_image = Path("eval") / "fold1" / "per_image.csv"
     assert (interrupted / "runs" / "polyp_ce" / "seed0" / per_image).read_text() == (reference / per_image).read_text()
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def process_ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie no one has reaped yet has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_study_ends_its_trainer_and_a_second_trainer_is_refused(small_polyp_data, tmp_path):
+    """``kill -9`` of the study's own PID (not its group) ends its training child too, and the log keeps the
+    child's output up to then; while a run trains, a second study on the folder refuses it in one line
+    naming the trainer's PID; the rerun after the kill resumes the run."""
+    settings = {**SMALL, "epochs": 4, "resume_checkpoint_interval_s": 0}
+    out = tmp_path / "study"
+    run_dir = out / "runs" / "polyp_ce" / "seed0"
+    command = study_command(small_polyp_data, out, settings, "--examples=False")
+    groups = []
+    try:
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        groups.append(first.pid)
+        deadline = time.time() + 300
+        while not resume_epochs(run_dir / "models" / "fold1") and time.time() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        (trainer,) = child_pids(first.pid)
+        os.kill(trainer, signal.SIGSTOP)  # it holds the run while the second study tries
+        checkpointed = resume_epochs(run_dir / "models" / "fold1")[-1]
+        assert checkpointed < settings["epochs"]
+
+        second = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        groups.append(second.pid)
+        stdout, stderr = second.communicate(timeout=120)
+        assert second.returncode == 1
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: {run_dir} fold1 is in use by process {trainer} "), stderr[-2000:]
+        assert f"failed (exit 1): {last}" in stdout
+
+        os.kill(first.pid, signal.SIGKILL)  # the study alone: its trainer must not go on as an orphan
+        first.wait()
+        deadline = time.time() + 15
+        while not process_ended(trainer) and time.time() < deadline:
+            time.sleep(0.1)
+        assert process_ended(trainer), "the trainer outlived its study"
+        log = (run_dir / "fold1.log").read_text()
+        assert re.search(rf"Epoch: {checkpointed}/{settings['epochs']}, Iter: (\d+)/\1 ", log), log[-2000:]
+
+        again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "(resumed)" in again.stdout
+    finally:
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_convergence_says_whether_the_curve_flattened():
