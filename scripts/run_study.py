@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,7 +125,7 @@ def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
 def read_study_record(out: Path) -> dict:
     """The last study command's dataset, bundles, settings and run statuses (empty before the first)."""
     path = out / STUDY_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 @contextmanager
@@ -270,26 +271,66 @@ def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
     return prepared
 
 
-def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
-    """Copy a few test images with and without a lesion (``OUT/example_images``) and their ground-truth
-    masks (``OUT/example_masks``, same names) for the example grid."""
-    destination, masks = out / "example_images", out / "example_masks"
-    if destination.is_dir() and any(destination.iterdir()):
-        return destination
-    datalist = json.loads((data_dir / "datalist.json").read_text())
-    destination.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+def read_json(path: Path) -> object:
+    """A JSON file, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path} is not valid JSON: {error}") from None
+
+
+def example_items(data_dir: Path, per_kind: int) -> list[tuple[str, Path, Path | None]]:
+    """(name, image, mask or None) of the first ``per_kind`` test images with a lesion, then without."""
+    datalist_file = data_dir / "datalist.json"
+    datalist = read_json(datalist_file)
+    tests = datalist.get("test", []) if isinstance(datalist, dict) else None
+    if not isinstance(tests, list) or not all(isinstance(t, dict) and "image" in t for t in tests):
+        raise StudyError(f"{datalist_file}: expected an object whose 'test' is a list of entries with an 'image'")
 
     def resolve(path: str) -> Path:
         return Path(path) if Path(path).is_absolute() else data_dir / path
 
+    chosen = []
     for lesion_free in (False, True):
-        items = [t for t in datalist.get("test", []) if t.get("lesion_free") == lesion_free][:per_kind]
-        for item in items:
-            name = f"{'free' if lesion_free else 'lesion'}_{resolve(item['image']).name}"
-            shutil.copy(resolve(item["image"]), destination / name)
-            if item.get("label"):
-                shutil.copy(resolve(item["label"]), masks / name)
+        for item in [t for t in tests if t.get("lesion_free") == lesion_free][:per_kind]:
+            image, mask = resolve(item["image"]), resolve(item["label"]) if item.get("label") else None
+            for kind, path in (("image", image), ("mask", mask)):
+                if path is not None and not path.is_file():
+                    raise StudyError(f"test {kind} {path} listed in {datalist_file} does not exist")
+            chosen.append((f"{'free' if lesion_free else 'lesion'}_{image.name}", image, mask))
+    return chosen
+
+
+def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
+    """Copy a few test images with and without a lesion (``OUT/example_images``) and their ground-truth
+    masks (``OUT/example_masks``, same names) for the example grid.
+
+    Complete or absent: the set is built in a temporary folder and renamed into place. A set that does not
+    hold exactly the chosen images (another dataset, or left half-copied by an earlier version) is built
+    again, and the runs' example predictions of it are done again."""
+    chosen = example_items(data_dir, per_kind)
+    destination, masks = out / "example_images", out / "example_masks"
+    if destination.is_dir() and sorted(p.name for p in destination.iterdir()) == sorted(n for n, _, _ in chosen):
+        return destination
+    replaced = destination.is_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".example_images-", dir=out))
+    try:
+        for folder in ("images", "masks"):
+            (staging / folder).mkdir()
+        for name, image, mask in chosen:
+            shutil.copy(image, staging / "images" / name)
+            if mask is not None:
+                shutil.copy(mask, staging / "masks" / name)
+        for folder in (destination, masks):
+            shutil.rmtree(folder, ignore_errors=True)
+        (staging / "masks").rename(masks)
+        (staging / "images").rename(destination)  # last: its presence says the set is complete
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if replaced:
+        for done in out.glob("runs/*/seed*/examples/fold*/done"):
+            done.unlink()
     return destination
 
 

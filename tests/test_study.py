@@ -137,6 +137,49 @@ def test_study_refuses_bad_arguments(tmp_path):
     assert run_study.main(["polyp", f"--output_dir={tmp_path}"]) == 1
 
 
+def last_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_study_names_a_malformed_datalist_in_one_line(tiny_demo_data, tmp_path, capsys):
+    data = Path(shutil.copytree(tiny_demo_data, tmp_path / "data")).resolve()
+    (data / "datalist.json").write_text('{"train": [], "test": [')
+    out = tmp_path / "study"
+    assert run_study.main(["polyp", f"--data_dir={data}", "--bundles=[ce]", f"--output_dir={out}"]) == 1
+    assert last_error_line(capsys).startswith(f"error: {data / 'datalist.json'} is not valid JSON: ")
+    assert not out.exists()
+
+
+def test_study_example_set_is_complete_or_absent(tiny_demo_data, tmp_path, capsys):
+    """A missing test image: one line naming it, no example folder; once restored, the whole set (4 test
+    images with a lesion and 2 without: 3 + 2), also in place of a half-copied set of an earlier version."""
+    data = Path(shutil.copytree(tiny_demo_data, tmp_path / "data")).resolve()
+    datalist = json.loads((data / "datalist.json").read_text())
+    missing = data / [t for t in datalist["test"] if not t["lesion_free"]][1]["image"]
+    kept = missing.read_bytes()
+    missing.unlink()
+    out = tmp_path / "study"
+    assert run_study.main(["polyp", f"--data_dir={data}", "--bundles=[ce]", f"--output_dir={out}"]) == 1
+    assert last_error_line(capsys) == f"error: test image {missing} listed in {data / 'datalist.json'} does not exist"
+    assert not out.exists()
+
+    missing.write_bytes(kept)
+    assert len(list(run_study.choose_examples(data, out).iterdir())) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["example_images", "example_masks"]
+    assert len(list((out / "example_masks").iterdir())) == 5
+
+    shutil.rmtree(out / "example_images")
+    (out / "example_images").mkdir()
+    shutil.copy(missing, out / "example_images" / f"lesion_{missing.name}")  # what the earlier version left
+    done = out / "runs" / "polyp_ce" / "seed0" / "examples" / "fold1" / "done"
+    done.parent.mkdir(parents=True)
+    done.write_text("ok\n")
+    assert len(list(run_study.choose_examples(data, out).iterdir())) == 5
+    assert not done.exists()  # the run's example predictions are done again, on the whole set
+
+
 def fake_summary(dice: float, fp_rate: float, area_error: float) -> dict:
     return {
         "dice_lesion": dice,
