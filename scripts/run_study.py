@@ -44,6 +44,7 @@ from scripts.study_launch import (  # noqa: E402
     Job,
     LaunchError,
     SlurmOptions,
+    check_cuda,
     check_launch,
     end_with_study,
     format_seconds,
@@ -453,6 +454,8 @@ def study(
     if gpus is not None:
         gpus = _int_list("gpus", gpus)
     check_launch(launcher, max_parallel, gpus, None if device is None else str(device))
+    if launcher == "local":  # a cluster's GPUs are not visible from where the jobs are submitted
+        check_cuda(None if device is None else str(device), gpus)
     if tracking is not None:
         study_tracking.require(tracking)
     started = time.time()

@@ -327,3 +327,19 @@ def check_launch(launcher: str, max_parallel: int, gpus: Sequence[int] | None, d
             raise LaunchError(f"--gpus gives each run one GPU, seen as cuda:0; --device={device} contradicts it")
     if sys.platform == "win32" and launcher != "local":
         raise LaunchError("the SLURM launcher needs a POSIX system")
+
+
+def check_cuda(device: str | None, gpus: Sequence[int] | None) -> None:
+    """Runs on this machine asked for CUDA (``--device=cuda...`` or ``--gpus``): it must be there, checked
+    before any run starts (each run would otherwise fail on its own)."""
+    if gpus is None and not (device or "").startswith("cuda"):
+        return
+    import torch
+
+    asked = f"--device={device}" if device else f"--gpus={list(gpus)}"
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else ", a build without CUDA"
+        raise LaunchError(f"{asked}: CUDA is not available on this machine (torch {torch.__version__}{build})")
+    index = torch.device(device).index if device else None
+    if index is not None and index >= torch.cuda.device_count():
+        raise LaunchError(f"{asked}: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -180,6 +180,17 @@ def test_study_example_set_is_complete_or_absent(tiny_demo_data, tmp_path, capsy
     assert not done.exists()  # the run's example predictions are done again, on the whole set
 
 
+def test_study_on_cuda_without_cuda_says_so_before_any_run(tiny_demo_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "study"
+    common = ["polyp", f"--data_dir={tiny_demo_data}", "--bundles=[ce]", "--examples=False", f"--output_dir={out}"]
+    assert run_study.main([*common, "--device=cuda", "--epochs=1"]) == 1
+    assert last_error_line(capsys).startswith("error: --device=cuda: CUDA is not available on this machine (torch ")
+    assert run_study.main([*common, "--gpus=[0,1]", "--epochs=1"]) == 1
+    assert last_error_line(capsys).startswith("error: --gpus=[0, 1]: CUDA is not available on this machine")
+    assert not out.exists()  # no run started
+
+
 def fake_summary(dice: float, fp_rate: float, area_error: float) -> dict:
     return {
         "dice_lesion": dice,
