@@ -54,7 +54,13 @@ from scripts.study_launch import (  # noqa: E402
     run_sequential,
     submit_array,
 )
-from scripts.study_layout import ReportInputError, discover_runs, run_path  # noqa: E402
+from scripts.study_layout import (  # noqa: E402
+    ReportInputError,
+    discover_runs,
+    read_settings,
+    run_path,
+    settings_file,
+)
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
@@ -214,6 +220,10 @@ def _run_stages(
             stage_marker(out, fold, stale).unlink(missing_ok=True)
         resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
+        if not resume:  # a resumed run keeps the record of its start (the study refuses other settings)
+            from custom_losses.atomic import write_json_atomic
+
+            write_json_atomic(settings_file(out, fold), {"settings": overrides})
         train = [str(configs / "train.json")]
         if "finetune_checkpoint" in overrides:  # start from a trained model (--finetune_from)
             train.append(str(configs / "finetune.json"))
@@ -333,6 +343,21 @@ def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
         for done in out.glob("runs/*/seed*/examples/fold*/done"):
             done.unlink()
     return destination
+
+
+# bundle overrides that do not change what a run computes: a run may go on with other values
+RESULT_NEUTRAL = ("num_workers", "resume_checkpoint_interval_s", "cache_rate")
+
+
+def settings_difference(recorded: dict, current: dict, neutral: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The settings that differ, as ``key=value`` lists of the recorded run and of this command ("" when
+    none); a key one side does not set is the bundle's default."""
+    keys = sorted(k for k in {*recorded, *current} if k not in neutral and recorded.get(k) != current.get(k))
+
+    def listed(settings: dict) -> str:
+        return ", ".join(f"{k}={json.dumps(settings[k]) if k in settings else '(bundle default)'}" for k in keys)
+
+    return listed(recorded), listed(current)
 
 
 def top_level_id(key: str) -> str:
@@ -502,14 +527,26 @@ def study(
         key = f"{name}/seed{seed}/fold{fold}"
         label = f"[{index + 1}/{len(combinations)}] {name} seed {seed} fold {fold}"
         stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
+        recorded = read_settings(run_dir, fold)
+        was, now = settings_difference(recorded or {}, {**settings, "seed": seed}) if recorded else ("", "")
         if all(stage_done(run_dir, fold, s) for s in stages):
-            print(f"{label}: finished earlier, skipped", flush=True)
+            differs = f" with {was} (this command: {now})" if was or now else ""
+            print(f"{label}: finished earlier{differs}, skipped", flush=True)
             before = earlier.get(key, {})
             if before.get("status", "").startswith("ok") and "seconds" in before:  # keep how long it took
                 status[key] = {"status": "ok (an earlier command)", "seconds": before["seconds"]}
             else:
                 status[key] = {"status": "skipped (finished earlier)"}
             continue
+        models = run_dir / "models" / f"fold{fold}"
+        started_training = stage_done(run_dir, fold, "train") or any(models.glob("resume_checkpoint_epoch=*.pt"))
+        if recorded and started_training:
+            was, now = settings_difference(recorded, {**settings, "seed": seed}, RESULT_NEUTRAL)
+            if was or now:
+                raise StudyError(
+                    f"{key} was trained with {was or '(none)'}, this command asks for {now or '(none)'}: run it with "
+                    f"the same settings, or delete {models} to train it again, or choose another --output_dir"
+                )
         command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
         command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]
         command += ["--data_dir", str(data_path), "--fold", str(fold)]

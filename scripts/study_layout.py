@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -21,3 +22,22 @@ def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
     seeds = sorted({int(p.parents[2].name[4:]) for p in summaries})
     folds = sorted({int(p.parent.name[4:]) for p in summaries})
     return names, seeds, folds
+
+
+def settings_file(run_dir: Path, fold: int | str) -> Path:
+    """The bundle overrides a run was trained with, seed included: written when its training starts."""
+    return run_dir / f"fold{fold}_settings.json"
+
+
+def read_settings(run_dir: Path, fold: int | str) -> dict | None:
+    """A run's recorded settings, or None for a run that recorded none (trained by an earlier version)."""
+    path = settings_file(run_dir, fold)
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())["settings"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ReportInputError(f"{path}: not a run settings file ({error!r})") from None
+    if not isinstance(settings, dict):
+        raise ReportInputError(f"{path}: 'settings' is not an object")
+    return settings

@@ -191,6 +191,33 @@ def test_study_on_cuda_without_cuda_says_so_before_any_run(tiny_demo_data, tmp_p
     assert not out.exists()  # no run started
 
 
+@pytest.mark.slow
+def test_report_states_each_runs_own_settings(tiny_demo_data, tmp_path, capsys):
+    """A finished 1-epoch run is skipped by a 2-epoch study: the report gives each run its own epochs, and
+    an unfinished run does not go on with other settings."""
+    out = tmp_path / "study"
+    common = {"data_dir": str(tiny_demo_data), "output_dir": str(out), "examples": False}
+    assert run_study.study("polyp", bundles=["ce"], **common, **TINY) == 0
+    assert run_study.study("polyp", bundles=["ce", "dice"], **common, **{**TINY, "epochs": 2}) == 0
+    page = (out / "results.md").read_text()
+    assert "`epochs=2`" not in page  # the command's, not the skipped run's
+    assert "**The runs differ in their settings** (each run its own):" in page
+    assert "| epochs | 1 | ce seed 0 fold 1 |" in page and "| epochs | 2 | dice seed 0 fold 1 |" in page
+    assert "`epochs=" not in page.split("Same in every run: ")[1].splitlines()[0]
+    skipped = "polyp_ce seed 0 fold 1: finished earlier with epochs=1 (this command: epochs=2), skipped"
+    assert skipped in capsys.readouterr().out
+    run_study.report(str(out))
+    assert (out / "results.md").read_text() == page
+
+    models = out / "runs" / "polyp_dice" / "seed0" / "models" / "fold1"
+    (models / "model_final.pt").unlink()  # the run is unfinished: its last resume checkpoint is left
+    assert run_study.main(["polyp", "--bundles=[dice]", *(f"--{k}={v}" for k, v in {**common, **TINY}.items())]) == 1
+    assert last_error_line(capsys) == (
+        "error: polyp_dice/seed0/fold1 was trained with epochs=2, this command asks for epochs=1: run it with the "
+        f"same settings, or delete {models} to train it again, or choose another --output_dir"
+    )
+
+
 def fake_summary(dice: float, fp_rate: float, area_error: float) -> dict:
     return {
         "dice_lesion": dice,
