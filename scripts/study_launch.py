@@ -70,17 +70,18 @@ def end_with_study() -> None:
     """In a run the study started (``STUDY_PID_ENV`` set): end when the study ends, even by ``kill -9``.
 
     An orphaned trainer would go on writing into the run folder while a rerun of the study starts a second
-    one there. Linux: the kernel sends SIGKILL at the study's death (``PR_SET_PDEATHSIG``); elsewhere a
-    thread checks the parent once a second."""
+    one there. Linux: the kernel sends SIGKILL at the study's death (``PR_SET_PDEATHSIG``); elsewhere, or
+    if that fails, a thread checks the parent once a second."""
     study_pid = os.environ.get(STUDY_PID_ENV)
     if not study_pid:
         return
+    signalled = False
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    else:
+        signalled = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
+    if not signalled:
 
         def watch() -> None:
             while os.getppid() == int(study_pid):
@@ -88,7 +89,7 @@ def end_with_study() -> None:
             os._exit(1)
 
         threading.Thread(target=watch, name="end-with-study", daemon=True).start()
-    if os.getppid() != int(study_pid):  # the study ended before the signal was set up
+    if os.getppid() != int(study_pid):  # the study ended before this was set up
         os._exit(1)
 
 
