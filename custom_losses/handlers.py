@@ -235,6 +235,10 @@ class AtomicCheckpointSaver(CheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+                if getattr(checkpoint.save_handler, "filename", None) is not None:  # MONAI's fixed name
+                    # the atomic save replaces the file: removing it first (ignite) would leave a moment without
+                    # model.pt, and fail when a resumed record names a model.pt that is gone
+                    checkpoint.save_handler.remove = lambda filename: None
         if self._key_metric_checkpoint is not None and key_metric_from_epoch > 1:
             score = self._key_metric_checkpoint.score_function
             first = int(key_metric_from_epoch)
