@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
     sys.path.insert(0, str(REPO))
 
-from scripts.study_layout import overrides_path  # noqa: E402
+from scripts.study_layout import settings_file  # noqa: E402
 
 BUNDLES_DIR = REPO / "bundles"
 PACKAGE = "custom_losses"
@@ -447,11 +447,11 @@ def recorded_overrides(record: Path) -> dict:
             "for the bundle's defaults"
         )
     try:
-        overrides = json.loads(record.read_text())
-    except (OSError, ValueError) as error:
+        overrides = json.loads(record.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError) as error:
         raise ExportError(f"{record} is unreadable: {error}") from error
     if not isinstance(overrides, dict):
-        raise ExportError(f"{record} holds no JSON object of overrides")
+        raise ExportError(f"{record} holds no 'settings' object of overrides")
     return overrides
 
 
@@ -476,7 +476,7 @@ def export_bundle(
             study/<dataset>/runs/<bundle>/seed<s>/).
         weights: ship the trained weights; --noweights exports configs and code only.
         overwrite: replace an existing zip.
-        overrides: the bundle overrides the model was trained with (default: RUN_DIR/overrides_fold<fold>.json,
+        overrides: the bundle overrides the model was trained with (default: RUN_DIR/fold<fold>_settings.json,
             which the study runner writes); those that describe the model (image size, network, ...: all but
             where and on which machine it ran) are set in the exported configs and metadata.
     """
@@ -504,7 +504,7 @@ def export_bundle(
                 f"checkpoint {checkpoint} does not exist (train fold {fold}, set --run_dir, or --noweights)"
             )
         if overrides is None:
-            overrides = recorded_overrides(overrides_path(run, fold))
+            overrides = recorded_overrides(settings_file(run, fold))
     overrides = carried_overrides(overrides or {})
     with tempfile.TemporaryDirectory() as staging:
         bundle_dir = Path(staging) / bundle

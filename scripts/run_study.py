@@ -10,7 +10,7 @@
 Each (bundle, seed, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
 bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/seed<s>/`` (``models/``, ``eval/``, ``logs/``),
 with its console output in ``OUTPUT/runs/<bundle>/seed<s>/fold<k>.log`` and the bundle overrides it was
-trained with in ``overrides_fold<k>.json`` (``export_bundle.py`` carries them into a shared bundle). A
+trained with in ``fold<k>_settings.json`` (``export_bundle.py`` carries them into a shared bundle). A
 finished stage (training: ``model_final.pt``; evaluation: ``summary.json``) is skipped when the study is run
 again, and a training interrupted mid-run continues from its last resume checkpoint, so an interrupted study
 resumes.
@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import fire
@@ -42,7 +46,9 @@ from scripts.study_launch import (  # noqa: E402
     Job,
     LaunchError,
     SlurmOptions,
+    check_cuda,
     check_launch,
+    end_with_study,
     format_seconds,
     outcome,
     run_child,
@@ -50,7 +56,13 @@ from scripts.study_launch import (  # noqa: E402
     run_sequential,
     submit_array,
 )
-from scripts.study_layout import ReportInputError, discover_runs, overrides_path, run_path  # noqa: E402
+from scripts.study_layout import (  # noqa: E402
+    ReportInputError,
+    discover_runs,
+    read_settings,
+    run_path,
+    settings_file,
+)
 
 STUDY_DATASETS = (*DATASET_SPECS, "demo")
 STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
@@ -122,7 +134,36 @@ def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
 def read_study_record(out: Path) -> dict:
     """The last study command's dataset, bundles, settings and run statuses (empty before the first)."""
     path = out / STUDY_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
+
+
+@contextmanager
+def run_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """Hold ``RUN/<name>.lock`` (a run's fold, or its ensemble) for this process, or fail naming its holder.
+
+    A POSIX record lock (``lockf``): the kernel releases it when the process ends however it ends, and the
+    data-loader processes it forks do not hold it. The file keeps the holder's PID for the message."""
+    try:
+        import fcntl
+    except ModuleNotFoundError:  # Windows: no lock
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{name}.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise StudyError(
+                f"{run_dir} {name} is in use by process {holder} ({path}): another study is running it; "
+                "wait for it to end or stop it"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def run_bundle(
@@ -138,7 +179,23 @@ def run_bundle(
     """One (bundle, fold) in this process: train, evaluate, predict the example images (stages already
     done are skipped). With ``ensemble_folds`` (a JSON list) it only runs the fold-ensemble evaluation.
     ``tracking`` (JSON: uri, experiment, run_name, tags, params): train with MONAI's ``--tracking mlflow``
-    into that MLflow run, then add the tags, parameters and evaluation summary to it."""
+    into that MLflow run, then add the tags, parameters and evaluation summary to it. One process at a time
+    runs a (run folder, fold): a second one fails at once naming the first (:func:`run_lock`)."""
+    end_with_study()
+    with run_lock(Path(run_dir), "ensemble" if ensemble_folds is not None else f"fold{fold}"):
+        _run_stages(bundle_dir, run_dir, data_dir, fold, overrides, examples_dir, ensemble_folds, tracking)
+
+
+def _run_stages(
+    bundle_dir: str,
+    run_dir: str,
+    data_dir: str,
+    fold: int,
+    overrides: dict | str,
+    examples_dir: str | None,
+    ensemble_folds: list[int] | str | None,
+    tracking: dict | str | None,
+) -> None:
     from monai.bundle import run
 
     from custom_losses.atomic import write_json_atomic
@@ -166,7 +223,8 @@ def run_bundle(
             stage_marker(out, fold, stale).unlink(missing_ok=True)
         resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
-        write_json_atomic(overrides_path(out, fold), overrides)  # how this model is trained, for export
+        if not resume:  # a resumed run keeps the record of its start (the study refuses other settings)
+            write_json_atomic(settings_file(out, fold), {"settings": overrides})
         train = [str(configs / "train.json")]
         if "finetune_checkpoint" in overrides:  # start from a trained model (--finetune_from)
             train.append(str(configs / "finetune.json"))
@@ -225,27 +283,82 @@ def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
     return prepared
 
 
-def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
-    """Copy a few test images with and without a lesion (``OUT/example_images``) and their ground-truth
-    masks (``OUT/example_masks``, same names) for the example grid."""
-    destination, masks = out / "example_images", out / "example_masks"
-    if destination.is_dir() and any(destination.iterdir()):
-        return destination
-    datalist = json.loads((data_dir / "datalist.json").read_text())
-    destination.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(parents=True, exist_ok=True)
+def read_json(path: Path) -> object:
+    """A JSON file, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path} is not valid JSON: {error}") from None
+
+
+def example_items(data_dir: Path, per_kind: int) -> list[tuple[str, Path, Path | None]]:
+    """(name, image, mask or None) of the first ``per_kind`` test images with a lesion, then without."""
+    datalist_file = data_dir / "datalist.json"
+    datalist = read_json(datalist_file)
+    tests = datalist.get("test", []) if isinstance(datalist, dict) else None
+    if not isinstance(tests, list) or not all(isinstance(t, dict) and "image" in t for t in tests):
+        raise StudyError(f"{datalist_file}: expected an object whose 'test' is a list of entries with an 'image'")
 
     def resolve(path: str) -> Path:
         return Path(path) if Path(path).is_absolute() else data_dir / path
 
+    chosen = []
     for lesion_free in (False, True):
-        items = [t for t in datalist.get("test", []) if t.get("lesion_free") == lesion_free][:per_kind]
-        for item in items:
-            name = f"{'free' if lesion_free else 'lesion'}_{resolve(item['image']).name}"
-            shutil.copy(resolve(item["image"]), destination / name)
-            if item.get("label"):
-                shutil.copy(resolve(item["label"]), masks / name)
+        for item in [t for t in tests if t.get("lesion_free") == lesion_free][:per_kind]:
+            image, mask = resolve(item["image"]), resolve(item["label"]) if item.get("label") else None
+            for kind, path in (("image", image), ("mask", mask)):
+                if path is not None and not path.is_file():
+                    raise StudyError(f"test {kind} {path} listed in {datalist_file} does not exist")
+            chosen.append((f"{'free' if lesion_free else 'lesion'}_{image.name}", image, mask))
+    return chosen
+
+
+def choose_examples(data_dir: Path, out: Path, per_kind: int = 3) -> Path:
+    """Copy a few test images with and without a lesion (``OUT/example_images``) and their ground-truth
+    masks (``OUT/example_masks``, same names) for the example grid.
+
+    Complete or absent: the set is built in a temporary folder and renamed into place. A set that does not
+    hold exactly the chosen images (another dataset, or left half-copied by an earlier version) is built
+    again, and the runs' example predictions of it are done again."""
+    chosen = example_items(data_dir, per_kind)
+    destination, masks = out / "example_images", out / "example_masks"
+    if destination.is_dir() and sorted(p.name for p in destination.iterdir()) == sorted(n for n, _, _ in chosen):
+        return destination
+    replaced = destination.is_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".example_images-", dir=out))
+    try:
+        for folder in ("images", "masks"):
+            (staging / folder).mkdir()
+        for name, image, mask in chosen:
+            shutil.copy(image, staging / "images" / name)
+            if mask is not None:
+                shutil.copy(mask, staging / "masks" / name)
+        for folder in (destination, masks):
+            shutil.rmtree(folder, ignore_errors=True)
+        (staging / "masks").rename(masks)
+        (staging / "images").rename(destination)  # last: its presence says the set is complete
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if replaced:
+        for done in out.glob("runs/*/seed*/examples/fold*/done"):
+            done.unlink()
     return destination
+
+
+# bundle overrides that do not change what a run computes: a run may go on with other values
+RESULT_NEUTRAL = ("num_workers", "resume_checkpoint_interval_s", "cache_rate")
+
+
+def settings_difference(recorded: dict, current: dict, neutral: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The settings that differ, as ``key=value`` lists of the recorded run and of this command ("" when
+    none); a key one side does not set is the bundle's default."""
+    keys = sorted(k for k in {*recorded, *current} if k not in neutral and recorded.get(k) != current.get(k))
+
+    def listed(settings: dict) -> str:
+        return ", ".join(f"{k}={json.dumps(settings[k]) if k in settings else '(bundle default)'}" for k in keys)
+
+    return listed(recorded), listed(current)
 
 
 def top_level_id(key: str) -> str:
@@ -370,6 +483,8 @@ def study(
     if gpus is not None:
         gpus = _int_list("gpus", gpus)
     check_launch(launcher, max_parallel, gpus, None if device is None else str(device))
+    if launcher == "local":  # a cluster's GPUs are not visible from where the jobs are submitted
+        check_cuda(None if device is None else str(device), gpus)
     if tracking is not None:
         study_tracking.require(tracking)
     started = time.time()
@@ -421,14 +536,26 @@ def study(
         key = f"{name}/seed{seed}/fold{fold}"
         label = f"[{index + 1}/{len(combinations)}] {name} seed {seed} fold {fold}"
         stages = ["train", "evaluate"] + (["examples"] if examples_dir else [])
+        recorded = read_settings(run_dir, fold)
+        was, now = settings_difference(recorded or {}, {**settings, "seed": seed}) if recorded else ("", "")
         if all(stage_done(run_dir, fold, s) for s in stages):
-            print(f"{label}: finished earlier, skipped", flush=True)
+            differs = f" with {was} (this command: {now})" if was or now else ""
+            print(f"{label}: finished earlier{differs}, skipped", flush=True)
             before = earlier.get(key, {})
             if before.get("status", "").startswith("ok") and "seconds" in before:  # keep how long it took
                 status[key] = {"status": "ok (an earlier command)", "seconds": before["seconds"]}
             else:
                 status[key] = {"status": "skipped (finished earlier)"}
             continue
+        models = run_dir / "models" / f"fold{fold}"
+        started_training = stage_done(run_dir, fold, "train") or any(models.glob("resume_checkpoint_epoch=*.pt"))
+        if recorded and started_training:
+            was, now = settings_difference(recorded, {**settings, "seed": seed}, RESULT_NEUTRAL)
+            if was or now:
+                raise StudyError(
+                    f"{key} was trained with {was or '(none)'}, this command asks for {now or '(none)'}: run it with "
+                    f"the same settings, or delete {models} to train it again, or choose another --output_dir"
+                )
         command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
         command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]
         command += ["--data_dir", str(data_path), "--fold", str(fold)]

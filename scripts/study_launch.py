@@ -9,18 +9,22 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 EPOCH_LINE = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 SUMMARY_INTERVAL_S = 60.0
 LAUNCHERS = ("local", "slurm", "submitit_local")
+STUDY_PID_ENV = "LESION_LOSS_STUDY_PID"  # set for the runs the study starts itself: they end with it
+LOG_POLL_S = 0.2
 
 
 class LaunchError(ValueError):
@@ -62,14 +66,59 @@ def seconds_left(elapsed: float, done: float, resumed_at: float = 0.0) -> float:
     return elapsed * (1 - done) / max(done - resumed_at, 1e-6)
 
 
+def end_with_study() -> None:
+    """In a run the study started (``STUDY_PID_ENV`` set): end when the study ends, even by ``kill -9``.
+
+    An orphaned trainer would go on writing into the run folder while a rerun of the study starts a second
+    one there. Linux: the kernel sends SIGKILL at the study's death (``PR_SET_PDEATHSIG``); elsewhere, or
+    if that fails, a thread checks the parent once a second."""
+    study_pid = os.environ.get(STUDY_PID_ENV)
+    if not study_pid:
+        return
+    signalled = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        signalled = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0
+    if not signalled:
+
+        def watch() -> None:
+            while os.getppid() == int(study_pid):
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="end-with-study", daemon=True).start()
+    if os.getppid() != int(study_pid):  # the study ended before this was set up
+        os._exit(1)
+
+
+def follow(log: BinaryIO, child: subprocess.Popen) -> Iterator[str]:
+    """The lines ``child`` appends to ``log`` (opened at its end), as they come, until it has exited."""
+    pending = b""
+    while True:
+        exited = child.poll() is not None
+        chunk = log.read()
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from (line.decode(errors="replace") + "\n" for line in lines)
+        if exited:
+            if pending:
+                yield pending.decode(errors="replace")
+            return
+        if not chunk:
+            time.sleep(LOG_POLL_S)
+
+
 def run_child(
     job: Job,
     started: float,
     runs_left: int,
     on_epoch: Callable[[str, int, int, float], None] | None = None,
 ) -> tuple[int, str]:
-    """Run one child process, tee its output to ``job.log``, and report its epochs: printed with the time
-    left (one run at a time), or passed to ``on_epoch(key, epoch, epochs, fraction_done)`` (parallel runs).
+    """Run one child process writing its output, unbuffered, straight into ``job.log`` (appended, so
+    nothing is lost if the study dies), follow that log, and report its epochs: printed with the time left
+    (one run at a time), or passed to ``on_epoch(key, epoch, epochs, fraction_done)`` (parallel runs).
+    The child ends with the study (:func:`end_with_study`).
 
     Returns the exit status and the child's last ``error: ...`` line, or "" when it printed none."""
     last_error = ""
@@ -77,37 +126,33 @@ def run_child(
     run_start = time.time()
     last_report = 0.0
     resumed_at = None  # fraction done when this process started (a resumed run starts mid-way)
-    env = {**os.environ, **job.env} if job.env else None
-    with (
-        open(job.log, "a") as log,
-        subprocess.Popen(
-            job.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
-        ) as child,
-    ):
-        for line in child.stdout:
-            log.write(line)
-            match = EPOCH_LINE.search(line)
-            if match:
-                epoch, epochs, iteration, iterations = (int(g) for g in match.groups())
-                done = (epoch - 1 + iteration / iterations) / epochs
-                if resumed_at is None:
-                    resumed_at = (epoch - 1) / epochs
-                if on_epoch is not None:
-                    on_epoch(job.key, epoch, epochs, done)
-                elif time.time() - last_report > 5:
-                    elapsed = time.time() - run_start
-                    left = seconds_left(elapsed, done, resumed_at)
-                    print(
-                        f"  {job.label}: epoch {epoch}/{epochs}, {format_seconds(elapsed)} elapsed, "
-                        f"~{format_seconds(left)} left for this run, {runs_left} run(s) after it, "
-                        f"study running for {format_seconds(time.time() - started)}",
-                        flush=True,
-                    )
-                    last_report = time.time()
-            elif line.startswith("error: "):
-                last_error = line.strip()
-            elif line.startswith("stage: ") and on_epoch is None:
-                print(f"  {job.label}: {line[7:].strip()}", flush=True)
+    env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1", STUDY_PID_ENV: str(os.getpid())}
+    with open(job.log, "ab") as sink, open(job.log, "rb") as log:
+        log.seek(0, os.SEEK_END)
+        with subprocess.Popen(job.command, stdout=sink, stderr=subprocess.STDOUT, env=env) as child:
+            for line in follow(log, child):
+                match = EPOCH_LINE.search(line)
+                if match:
+                    epoch, epochs, iteration, iterations = (int(g) for g in match.groups())
+                    done = (epoch - 1 + iteration / iterations) / epochs
+                    if resumed_at is None:
+                        resumed_at = (epoch - 1) / epochs
+                    if on_epoch is not None:
+                        on_epoch(job.key, epoch, epochs, done)
+                    elif time.time() - last_report > 5:
+                        elapsed = time.time() - run_start
+                        left = seconds_left(elapsed, done, resumed_at)
+                        print(
+                            f"  {job.label}: epoch {epoch}/{epochs}, {format_seconds(elapsed)} elapsed, "
+                            f"~{format_seconds(left)} left for this run, {runs_left} run(s) after it, "
+                            f"study running for {format_seconds(time.time() - started)}",
+                            flush=True,
+                        )
+                        last_report = time.time()
+                elif line.startswith("error: "):
+                    last_error = line.strip()
+                elif line.startswith("stage: ") and on_epoch is None:
+                    print(f"  {job.label}: {line[7:].strip()}", flush=True)
     return child.returncode, last_error
 
 
@@ -283,3 +328,19 @@ def check_launch(launcher: str, max_parallel: int, gpus: Sequence[int] | None, d
             raise LaunchError(f"--gpus gives each run one GPU, seen as cuda:0; --device={device} contradicts it")
     if sys.platform == "win32" and launcher != "local":
         raise LaunchError("the SLURM launcher needs a POSIX system")
+
+
+def check_cuda(device: str | None, gpus: Sequence[int] | None) -> None:
+    """Runs on this machine asked for CUDA (``--device=cuda...`` or ``--gpus``): it must be there, checked
+    before any run starts (each run would otherwise fail on its own)."""
+    if gpus is None and not (device or "").startswith("cuda"):
+        return
+    import torch
+
+    asked = f"--device={device}" if device else f"--gpus={list(gpus)}"
+    if not torch.cuda.is_available():
+        build = "" if torch.version.cuda else ", a build without CUDA"
+        raise LaunchError(f"{asked}: CUDA is not available on this machine (torch {torch.__version__}{build})")
+    index = torch.device(device).index if device else None
+    if index is not None and index >= torch.cuda.device_count():
+        raise LaunchError(f"{asked}: this machine has {torch.cuda.device_count()} CUDA device(s)")

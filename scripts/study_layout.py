@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -14,12 +15,6 @@ def run_path(out: Path, bundle: str, seed: int) -> Path:
     return out / "runs" / bundle / f"seed{seed}"
 
 
-def overrides_path(run_dir: Path, fold: int | str) -> Path:
-    """The bundle overrides fold ``fold`` of a run was trained with (JSON, written when its training starts);
-    ``export_bundle.py`` carries them into the shared bundle."""
-    return Path(run_dir) / f"overrides_fold{fold}.json"
-
-
 def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
     """Bundles, seeds and folds with an evaluation in a study folder."""
     summaries = sorted((out / "runs").glob("*/seed*/eval/fold*/summary.json"))
@@ -27,3 +22,23 @@ def discover_runs(out: Path) -> tuple[list[str], list[int], list[int]]:
     seeds = sorted({int(p.parents[2].name[4:]) for p in summaries})
     folds = sorted({int(p.parent.name[4:]) for p in summaries})
     return names, seeds, folds
+
+
+def settings_file(run_dir: Path, fold: int | str) -> Path:
+    """The bundle overrides a run was trained with, seed included: written when its training starts. The
+    report states them per run; ``export_bundle.py`` carries them into the shared bundle."""
+    return Path(run_dir) / f"fold{fold}_settings.json"
+
+
+def read_settings(run_dir: Path, fold: int | str) -> dict | None:
+    """A run's recorded settings, or None for a run that recorded none (trained by an earlier version)."""
+    path = settings_file(run_dir, fold)
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())["settings"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ReportInputError(f"{path}: not a run settings file ({error!r})") from None
+    if not isinstance(settings, dict):
+        raise ReportInputError(f"{path}: 'settings' is not an object")
+    return settings

@@ -37,7 +37,7 @@ from scripts.study_comparison import (  # noqa: E402
     read_runs,
     sentences,
 )
-from scripts.study_layout import run_path  # noqa: E402
+from scripts.study_layout import read_settings, run_path  # noqa: E402
 
 # (summary key, column title, what is best: "max", "min", "zero" = closest to 0, "ideal" = closest to the ideal share)
 LESION_METRICS = [
@@ -485,6 +485,49 @@ def plot_examples(out: Path, names: list[str], fold: int, seed: int) -> None:
     plt.close(fig)
 
 
+def _listed(settings: dict) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items()))
+
+
+def settings_lines(out: Path, names: list[str], folds: list[int], seeds: list[int], command: dict) -> list[str]:
+    """The settings each evaluated run recorded when its training started (seed aside: the runs' labels
+    give it); where runs differ, which run had which value. Runs that recorded none (trained by an earlier
+    version) are taken to have had ``command``'s, the settings of the last study command, and the page
+    says so."""
+    recorded, unrecorded = {}, []
+    for name in names:
+        for seed in seeds:
+            for fold in folds:
+                run_dir = run_path(out, name, seed)
+                if not (run_dir / "eval" / f"fold{fold}" / "summary.json").is_file():
+                    continue
+                settings = read_settings(run_dir, fold)
+                label = f"{loss_of(name)} seed {seed} fold {fold}"
+                if settings is None:
+                    unrecorded.append(label)
+                recorded[label] = {k: v for k, v in (command if settings is None else settings).items() if k != "seed"}
+    if not recorded:
+        return ["Settings: " + _listed(command), ""] if command else []
+    keys = sorted({k for s in recorded.values() for k in s})
+    missing = "(bundle default)"
+    values = {k: {label: s.get(k, missing) for label, s in recorded.items()} for k in keys}
+    common = {k: next(iter(v.values())) for k, v in values.items() if len({json.dumps(x) for x in v.values()}) == 1}
+    lines = []
+    if unrecorded:
+        lines.append(f"Runs trained before settings were recorded ({', '.join(unrecorded)}): the study command's.")
+    if len(common) == len(keys):
+        return lines + [f"Settings{' (each run its own)' if not unrecorded else ''}: " + _listed(common), ""]
+    lines += ["**The runs differ in their settings** (each run its own):", ""]
+    lines += ["| setting | value | runs |", "|---|---|---|"]
+    for key in (k for k in keys if k not in common):
+        by_value: dict[str, list[str]] = {}
+        for label, value in values[key].items():
+            by_value.setdefault(json.dumps(value) if value != missing else missing, []).append(label)
+        lines += [f"| {key} | {value} | {', '.join(labels)} |" for value, labels in by_value.items()]
+    lines += ["", "Same in every run: " + (_listed(common) or "nothing else"), ""]
+    return lines
+
+
 def write_report(
     out: Path,
     names: list[str],
@@ -511,8 +554,7 @@ def write_report(
 
     lines = [f"## Study `{dataset}`: {len(names)} loss bundle(s), folds {folds}, seeds {seeds}", ""]
     lines += opening_sentences(records, volumes)
-    if settings:
-        lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items())), ""]
+    lines += settings_lines(out, names, folds, seeds, settings)
     if status:
         lines += ["| run | status | seconds |", "|---|---|---|"]
         lines += [f"| {k} | {v['status']} | {v.get('seconds', '')} |" for k, v in status.items()]

@@ -91,9 +91,11 @@ def test_the_bundles_of_a_dataset_differ_only_in_the_loss(dataset):
     assert sorted(trains) == sorted(f"{dataset}_{loss}" for loss in losses)
     reference = trains[f"{dataset}_ce"]
     for name, config in trains.items():
-        savers = [h for h in config["validate"]["handlers"] if "save_key_metric" in h]
-        from_epoch = [s.pop("key_metric_from_epoch", None) for s in savers]  # schedule bundles only
-        assert from_epoch == [("$" + SELECTION_START) if "alpha_schedule" in config else None], name
+        assert "@validate#best_model_saver" in config["validate"]["handlers"]
+        saver = config["validate"]["best_model_saver"]
+        assert saver["save_key_metric"] and saver["key_metric_filename"] == "model.pt"
+        from_epoch = saver.pop("key_metric_from_epoch", None)  # schedule bundles only
+        assert from_epoch == (("$" + SELECTION_START) if "alpha_schedule" in config else None), name
         differing = {key for key in set(config) | set(reference) if config.get(key) != reference.get(key)}
         assert differing <= {"loss", "train", "dbce_radius", "alpha_schedule"}, (name, differing)
         handler_targets = [h["_target_"] for h in config["train"]["handlers"]]

@@ -220,7 +220,9 @@ def test_export_carries_the_overrides_the_run_was_trained_with(dataset_dir, tmp_
     overrides = {**FAST, "image_size": 32, **network, "seed": 0}
     run_bundle(str(BUNDLES_DIR / BUNDLE), str(run), str(dataset_dir), 1, json.dumps(overrides))
     set_determinism(seed=None)
-    assert json.loads((run / "overrides_fold1.json").read_text()) == overrides  # recorded when training started
+    assert (
+        json.loads((run / "fold1_settings.json").read_text())["settings"] == overrides
+    )  # recorded when training started
 
     zip_path = export_bundle(BUNDLE, fold=1, output_dir=str(tmp_path / "dist"), run_dir=str(run))
     with zipfile.ZipFile(zip_path) as archive:
@@ -276,10 +278,10 @@ def test_bad_input_fails_with_one_line_and_no_zip(tmp_path, capsys, monkeypatch)
     fold2 = [f"--bundle={BUNDLE}", "--fold=2", f"--run_dir={tmp_path}", f"--output_dir={output_dir}"]
     assert main(fold2) == 1
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"{tmp_path / 'overrides_fold2.json'} does not exist" in error, error
+    assert error.count("\n") == 1 and f"{tmp_path / 'fold2_settings.json'} does not exist" in error, error
     assert "--overrides" in error
     # ... or recorded wrongly: the resnet10 weights do not fit the bundle's resnet18
-    (tmp_path / "overrides_fold2.json").write_text("{}")
+    (tmp_path / "fold2_settings.json").write_text('{"settings": {}}')
     assert main(fold2) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "does not fit the network_def" in error, error

@@ -401,3 +401,36 @@ def test_key_metric_checkpoint_competes_only_from_its_first_epoch(tmp_path):
         kept[epoch] = torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()
     assert kept[1] == kept[2] == kept[3] == 1.0  # before epoch 4: a placeholder until a model that counts
     assert kept[4] == 4.0 and kept[5] == 5.0 and kept[6] == 5.0  # then the best from epoch 4 on, not 0.9
+
+
+def test_best_model_record_resumes_and_model_pt_is_replaced_in_place(tmp_path):
+    """The key-metric saver's record (held by resume checkpoints) comes back: a worse epoch after the resume
+    keeps model.pt, a better one replaces it, by an atomic rename, even when model.pt has gone missing."""
+    from ignite.engine import Engine
+
+    model = torch.nn.Linear(1, 1)
+
+    def saver_on_evaluator():
+        saver = AtomicCheckpointSaver(
+            str(tmp_path), {"model": model}, save_key_metric=True, key_metric_filename="model.pt"
+        )
+        evaluator = Engine(lambda engine, batch: None)
+        saver.attach(evaluator)
+        evaluator.state.key_metric_name = "val_mean_dice"
+        return saver, evaluator
+
+    def validate(evaluator, epoch: int, dice: float) -> float:
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        evaluator.state.epoch, evaluator.state.metrics = epoch, {"val_mean_dice": dice}
+        evaluator.fire_event(Events.EPOCH_COMPLETED)
+        return torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()
+
+    saver, evaluator = saver_on_evaluator()
+    assert validate(evaluator, 1, 0.7) == 1.0
+    torch.save({"saver": saver.state_dict()}, tmp_path / "resume.pt")
+    resumed, evaluator = saver_on_evaluator()
+    resumed.load_state_dict(torch.load(tmp_path / "resume.pt", weights_only=True)["saver"])
+    assert validate(evaluator, 2, 0.5) == 1.0  # worse than the best before the resume
+    (tmp_path / "model.pt").unlink()
+    assert validate(evaluator, 3, 0.8) == 3.0

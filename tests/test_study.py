@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 import torch
 
 from scripts import run_study
-from scripts.study_report import convergence, convergence_verdict, write_report
+from scripts.study_layout import run_path
+from scripts.study_report import convergence, convergence_verdict, validation_curve, write_report
+from scripts.synthetic import write_prepared_polyp
 from tests.conftest import TINY
 
 
@@ -132,6 +135,87 @@ def test_study_refuses_bad_arguments(tmp_path):
     with pytest.raises(run_study.StudyError, match="datalist.json does not exist"):
         run_study.study("polyp", bundles=["ce"], data_dir=str(tmp_path), output_dir=str(tmp_path))
     assert run_study.main(["polyp", f"--output_dir={tmp_path}"]) == 1
+
+
+def last_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_study_names_a_malformed_datalist_in_one_line(tiny_demo_data, tmp_path, capsys):
+    data = Path(shutil.copytree(tiny_demo_data, tmp_path / "data")).resolve()
+    (data / "datalist.json").write_text('{"train": [], "test": [')
+    out = tmp_path / "study"
+    assert run_study.main(["polyp", f"--data_dir={data}", "--bundles=[ce]", f"--output_dir={out}"]) == 1
+    assert last_error_line(capsys).startswith(f"error: {data / 'datalist.json'} is not valid JSON: ")
+    assert not out.exists()
+
+
+def test_study_example_set_is_complete_or_absent(tiny_demo_data, tmp_path, capsys):
+    """A missing test image: one line naming it, no example folder; once restored, the whole set (4 test
+    images with a lesion and 2 without: 3 + 2), also in place of a half-copied set of an earlier version."""
+    data = Path(shutil.copytree(tiny_demo_data, tmp_path / "data")).resolve()
+    datalist = json.loads((data / "datalist.json").read_text())
+    missing = data / [t for t in datalist["test"] if not t["lesion_free"]][1]["image"]
+    kept = missing.read_bytes()
+    missing.unlink()
+    out = tmp_path / "study"
+    assert run_study.main(["polyp", f"--data_dir={data}", "--bundles=[ce]", f"--output_dir={out}"]) == 1
+    assert last_error_line(capsys) == f"error: test image {missing} listed in {data / 'datalist.json'} does not exist"
+    assert not out.exists()
+
+    missing.write_bytes(kept)
+    assert len(list(run_study.choose_examples(data, out).iterdir())) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["example_images", "example_masks"]
+    assert len(list((out / "example_masks").iterdir())) == 5
+
+    shutil.rmtree(out / "example_images")
+    (out / "example_images").mkdir()
+    shutil.copy(missing, out / "example_images" / f"lesion_{missing.name}")  # what the earlier version left
+    done = out / "runs" / "polyp_ce" / "seed0" / "examples" / "fold1" / "done"
+    done.parent.mkdir(parents=True)
+    done.write_text("ok\n")
+    assert len(list(run_study.choose_examples(data, out).iterdir())) == 5
+    assert not done.exists()  # the run's example predictions are done again, on the whole set
+
+
+def test_study_on_cuda_without_cuda_says_so_before_any_run(tiny_demo_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "study"
+    common = ["polyp", f"--data_dir={tiny_demo_data}", "--bundles=[ce]", "--examples=False", f"--output_dir={out}"]
+    assert run_study.main([*common, "--device=cuda", "--epochs=1"]) == 1
+    assert last_error_line(capsys).startswith("error: --device=cuda: CUDA is not available on this machine (torch ")
+    assert run_study.main([*common, "--gpus=[0,1]", "--epochs=1"]) == 1
+    assert last_error_line(capsys).startswith("error: --gpus=[0, 1]: CUDA is not available on this machine")
+    assert not out.exists()  # no run started
+
+
+@pytest.mark.slow
+def test_report_states_each_runs_own_settings(tiny_demo_data, tmp_path, capsys):
+    """A finished 1-epoch run is skipped by a 2-epoch study: the report gives each run its own epochs, and
+    an unfinished run does not go on with other settings."""
+    out = tmp_path / "study"
+    common = {"data_dir": str(tiny_demo_data), "output_dir": str(out), "examples": False}
+    assert run_study.study("polyp", bundles=["ce"], **common, **TINY) == 0
+    assert run_study.study("polyp", bundles=["ce", "dice"], **common, **{**TINY, "epochs": 2}) == 0
+    page = (out / "results.md").read_text()
+    assert "`epochs=2`" not in page  # the command's, not the skipped run's
+    assert "**The runs differ in their settings** (each run its own):" in page
+    assert "| epochs | 1 | ce seed 0 fold 1 |" in page and "| epochs | 2 | dice seed 0 fold 1 |" in page
+    assert "`epochs=" not in page.split("Same in every run: ")[1].splitlines()[0]
+    skipped = "polyp_ce seed 0 fold 1: finished earlier with epochs=1 (this command: epochs=2), skipped"
+    assert skipped in capsys.readouterr().out
+    run_study.report(str(out))
+    assert (out / "results.md").read_text() == page
+
+    models = out / "runs" / "polyp_dice" / "seed0" / "models" / "fold1"
+    (models / "model_final.pt").unlink()  # the run is unfinished: its last resume checkpoint is left
+    assert run_study.main(["polyp", "--bundles=[dice]", *(f"--{k}={v}" for k, v in {**common, **TINY}.items())]) == 1
+    assert last_error_line(capsys) == (
+        "error: polyp_dice/seed0/fold1 was trained with epochs=2, this command asks for epochs=1: run it with the "
+        f"same settings, or delete {models} to train it again, or choose another --output_dir"
+    )
 
 
 def fake_summary(dice: float, fp_rate: float, area_error: float) -> dict:
@@ -292,37 +376,75 @@ def test_report_checks_the_dbce_claim_image_by_image(tmp_path):
     assert "### DBCE against" not in (tmp_path / "results.md").read_text()
 
 
-def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_data, tmp_path):
-    """Kill the study mid-training, run the same command again: the run continues from its last resume
-    checkpoint (not epoch 0) and ends with exactly the weights of an uninterrupted study (CPU, same seed)."""
-    settings = {**TINY, "epochs": 6, "resume_checkpoint_interval_s": 0}
+@pytest.fixture(scope="module")
+def small_polyp_data(tmp_path_factory) -> Path:
+    """13 frames of 32 px: a CE run's validation Dice peaks after a few epochs and falls (to 0 on this CPU)."""
+    return write_prepared_polyp(
+        tmp_path_factory.mktemp("small"), n_train=10, n_lesion=2, n_lesion_free=1, size=(40, 36), image_size=32
+    )
 
-    def command(out: Path) -> list[str]:
-        return [sys.executable, str(run_study.REPO / "scripts" / "run_study.py"), "demo"] + [
-            f"--data_dir={tiny_demo_data}",
-            "--bundles=[ce]",
-            f"--output_dir={out}",
-            "--examples=False",
-            *(f"--{key}={value}" for key, value in settings.items()),
-        ]
+
+SMALL = {"image_size": 32, "batch_size": 2, "val_batch_size": 4, "num_workers": 0, "device": "cpu"}
+
+
+def study_command(data_dir: Path, out: Path, settings: dict, *options: str) -> list[str]:
+    """The study of the CE bundle as a user starts it."""
+    return [sys.executable, str(run_study.REPO / "scripts" / "run_study.py"), "polyp"] + [
+        f"--data_dir={data_dir}",
+        "--bundles=[ce]",
+        f"--output_dir={out}",
+        *options,
+        *(f"--{key}={value}" for key, value in settings.items()),
+    ]
+
+
+def resume_epochs(models: Path) -> list[int]:
+    return sorted(int(p.stem.rsplit("=", 1)[1]) for p in models.glob("resume_checkpoint_epoch=*.pt"))
+
+
+def differing_tensors(first: Path, second: Path) -> list[str]:
+    """Names of the tensors that differ between two checkpoints (a KeyError if their names differ)."""
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert a.keys() == b.keys()
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(small_polyp_data, tmp_path):
+    """Kill the study mid-training, run the same command again: the run continues from its last resume
+    checkpoint (not epoch 0) and ends with exactly the final weights, the best model (``model.pt``, the one
+    evaluated and exported) and the test metrics of an uninterrupted study (CPU, same seed). The kill comes
+    after the best validation epoch, so a resumed run that forgot the best value would replace the model."""
+    settings = {**SMALL, "epochs": 6, "resume_checkpoint_interval_s": 0}
+    uninterrupted = tmp_path / "uninterrupted"
+    straight = subprocess.run(
+        study_command(small_polyp_data, uninterrupted, settings, "--examples=False"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-3000:]
+    curve = validation_curve(run_path(uninterrupted, "polyp_ce", 0), 1)
+    best_epoch = max(curve, key=lambda point: point[1])[0]  # the first best, the one model.pt keeps
+    assert best_epoch < settings["epochs"], f"validation Dice must peak before the last epoch: {curve}"
 
     interrupted = tmp_path / "interrupted"
     models = interrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1"
+    command = study_command(small_polyp_data, interrupted, settings, "--examples=False")
     with open(tmp_path / "first.log", "w") as log:
-        child = subprocess.Popen(command(interrupted), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 240
-        while not list(models.glob("resume_checkpoint_epoch=*.pt")) and time.time() < deadline:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 300
+        while not [e for e in resume_epochs(models) if e >= best_epoch] and time.time() < deadline:
             if child.poll() is not None:
                 break
             time.sleep(0.02)
         os.killpg(child.pid, signal.SIGKILL)  # the study and its training child
         child.wait()
-    saved = list(models.glob("resume_checkpoint_epoch=*.pt"))
-    assert saved, (tmp_path / "first.log").read_text()[-2000:]
+    saved = resume_epochs(models)
+    assert saved and saved[-1] >= best_epoch, (tmp_path / "first.log").read_text()[-2000:]
     assert not (models / "model_final.pt").exists(), "killed too late: the run had finished"
-    resumed_from = int(saved[0].stem.rsplit("=", 1)[1])
+    resumed_from = saved[-1]
 
-    again = subprocess.run(command(interrupted), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "(resumed)" in again.stdout
     log = (interrupted / "runs" / "polyp_ce" / "seed0" / "fold1.log").read_text()
@@ -330,16 +452,74 @@ def test_killed_study_resumes_the_interrupted_run_to_the_same_weights(tiny_demo_
     first_epoch = int(second.split("Epoch: ")[1].split("/")[0])
     assert first_epoch == resumed_from + 1  # continued after the checkpoint, not from epoch 1
 
-    uninterrupted = tmp_path / "uninterrupted"
-    straight = subprocess.run(command(uninterrupted), capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, (straight.stdout + straight.stderr)[-3000:]
-    resumed = torch.load(models / "model_final.pt", weights_only=True)
-    reference = torch.load(
-        uninterrupted / "runs" / "polyp_ce" / "seed0" / "models" / "fold1" / "model_final.pt", weights_only=True
-    )
-    assert resumed.keys() == reference.keys()
-    different = [k for k in reference if not torch.equal(resumed[k], reference[k])]
-    assert not different, different[:5]
+    reference = uninterrupted / "runs" / "polyp_ce" / "seed0"
+    assert not differing_tensors(models / "model_final.pt", reference / "models" / "fold1" / "model_final.pt")
+    assert not differing_tensors(models / "model.pt", reference / "models" / "fold1" / "model.pt")
+    per_image = Path("eval") / "fold1" / "per_image.csv"
+    assert (interrupted / "runs" / "polyp_ce" / "seed0" / per_image).read_text() == (reference / per_image).read_text()
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def process_ended(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie no one has reaped yet has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_study_ends_its_trainer_and_a_second_trainer_is_refused(small_polyp_data, tmp_path):
+    """``kill -9`` of the study's own PID (not its group) ends its training child too, and the log keeps the
+    child's output up to then; while a run trains, a second study on the folder refuses it in one line
+    naming the trainer's PID; the rerun after the kill resumes the run."""
+    settings = {**SMALL, "epochs": 4, "resume_checkpoint_interval_s": 0}
+    out = tmp_path / "study"
+    run_dir = out / "runs" / "polyp_ce" / "seed0"
+    command = study_command(small_polyp_data, out, settings, "--examples=False")
+    groups = []
+    try:
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        groups.append(first.pid)
+        deadline = time.time() + 300
+        while not resume_epochs(run_dir / "models" / "fold1") and time.time() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        (trainer,) = child_pids(first.pid)
+        os.kill(trainer, signal.SIGSTOP)  # it holds the run while the second study tries
+        checkpointed = resume_epochs(run_dir / "models" / "fold1")[-1]
+        assert checkpointed < settings["epochs"]
+
+        second = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        groups.append(second.pid)
+        stdout, stderr = second.communicate(timeout=120)
+        assert second.returncode == 1
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: {run_dir} fold1 is in use by process {trainer} "), stderr[-2000:]
+        assert f"failed (exit 1): {last}" in stdout
+
+        os.kill(first.pid, signal.SIGKILL)  # the study alone: its trainer must not go on as an orphan
+        first.wait()
+        deadline = time.time() + 15
+        while not process_ended(trainer) and time.time() < deadline:
+            time.sleep(0.1)
+        assert process_ended(trainer), "the trainer outlived its study"
+        log = (run_dir / "fold1.log").read_text()
+        assert re.search(rf"Epoch: {checkpointed}/{settings['epochs']}, Iter: (\d+)/\1 ", log), log[-2000:]
+
+        again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "(resumed)" in again.stdout
+    finally:
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_convergence_says_whether_the_curve_flattened():

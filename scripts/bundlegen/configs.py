@@ -254,6 +254,9 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     post = hard_postprocessing(spec)
     # Schedulers first; the last RANK0_TRAIN_HANDLERS (logging, checkpoints) run on rank 0 only under DDP.
     training_state = {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
+    # a resume also restores the best validation value and which model model.pt is
+    resume_state = {**training_state, "evaluator": "@validate#evaluator"}
+    resume_state["best_model_saver"] = "@validate#best_model_saver"
     handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
     if loss.schedule:
         handlers.append(
@@ -269,7 +272,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "_target_": "custom_losses.handlers.ResumeFromLatestCheckpoint",
             "enabled": "@resume",
             "ckpt_dir": "@ckpt_dir",
-            "load_dict": training_state,
+            "load_dict": resume_state,
             "map_location": "@device",
         },
         {"_target_": "custom_losses.handlers.StopOnNonFiniteLoss", "ckpt_dir": "@ckpt_dir"},
@@ -293,7 +296,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         {
             "_target_": "custom_losses.handlers.EpochCheckpointSaver",
             "save_dir": "@ckpt_dir",
-            "save_dict": training_state,
+            "save_dict": resume_state,
             "min_interval_s": "@resume_checkpoint_interval_s",
         },
         {
@@ -338,17 +341,18 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         **validate_data_pipeline(spec),
         "inferer": {"_target_": "SimpleInferer"},
         "postprocessing": "%train#postprocessing",
+        "best_model_saver": {
+            "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": {"model": "@network"},
+            "save_key_metric": True,
+            "key_metric_filename": "model.pt",
+            **({"key_metric_from_epoch": expr(SELECTION_START)} if loss.schedule else {}),
+        },
         "handlers": [
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
-            {
-                "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
-                "save_dir": "@ckpt_dir",
-                "save_dict": {"model": "@network"},
-                "save_key_metric": True,
-                "key_metric_filename": "model.pt",
-                **({"key_metric_from_epoch": expr(SELECTION_START)} if loss.schedule else {}),
-            },
+            "@validate#best_model_saver",
         ],
         "key_metric": {"val_mean_dice": dice_metric(spec)},
         "evaluator": {
