@@ -384,7 +384,8 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
 
 
 class EpochCheckpointSaver:
-    """Save model, optimizer, LR scheduler and trainer state at the end of an epoch (only the last is kept).
+    """Save model, optimizer, LR scheduler and trainer state at the end of an epoch (only the newest is kept,
+    the older one removed once the new one is in place).
 
     What ``resume=True`` restarts from, random generator states included (:class:`RandomState`). With the
     evaluator and the best-model :class:`AtomicCheckpointSaver` in ``save_dict``, it also holds the best
@@ -412,11 +413,20 @@ class EpochCheckpointSaver:
             file_prefix=RESUME_PREFIX,
             save_interval=1,
             epoch_level=True,
-            n_saved=1,
+            n_saved=None,  # ignite would remove the previous one before writing the new one: see _save
         )
         saver.logger = engine.logger
         engine.add_event_handler(Events.STARTED, self._start_clock)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), saver.interval_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self._save, saver)
+
+    def _save(self, engine: Engine, saver: AtomicCheckpointSaver) -> None:
+        """Write the new checkpoint, then remove the older ones (also those of a run before a resume): a
+        kill at any moment leaves one to resume from."""
+        saver.interval_completed(engine)
+        newest = latest_checkpoint(self.save_dir)
+        for older in Path(self.save_dir).glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"):
+            if older != newest:
+                older.unlink(missing_ok=True)
 
     def _start_clock(self, engine: Engine) -> None:
         self._last_save = time.monotonic()

@@ -237,6 +237,27 @@ def test_resume_checkpoints_every_epoch_or_after_the_interval(tmp_path, monkeypa
         EpochCheckpointSaver(tmp_path, {}, min_interval_s=-1)
 
 
+def test_a_resume_checkpoint_is_removed_only_once_the_next_is_written(tmp_path, monkeypatch):
+    """A kill while a resume checkpoint is written leaves the previous one, and a resumed run (which starts
+    with an earlier run's checkpoint on disk) ends with only its newest."""
+    from ignite.handlers import DiskSaver
+
+    (tmp_path / "resume_checkpoint_epoch=1.pt").write_bytes(b"before the resume")
+    on_disk_while_saving = []
+    write = DiskSaver.__call__
+
+    def recording_write(self, checkpoint, filename, metadata=None):
+        on_disk_while_saving.append(sorted(p.name for p in tmp_path.glob("resume_*.pt")))
+        write(self, checkpoint, filename, metadata)
+
+    monkeypatch.setattr(DiskSaver, "__call__", recording_write)
+    engine = Engine(lambda engine, batch: None)
+    EpochCheckpointSaver(tmp_path, {"model": torch.nn.Linear(2, 1)}).attach(engine)
+    engine.run([0, 1], max_epochs=3)
+    assert on_disk_while_saving == [[f"resume_checkpoint_epoch={epoch}.pt"] for epoch in (1, 1, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resume_checkpoint_epoch=3.pt"]
+
+
 def train_command(bundle: Path, dataset: Path, epochs: int, *extra: str) -> list[str]:
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json"]
     command += ["--dataset_dir", str(dataset), "--epochs", str(epochs), "--device", "cpu", "--batch_size", "4"]
