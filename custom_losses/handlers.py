@@ -375,9 +375,14 @@ class RandomState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def resume_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The epoch checkpoints :class:`EpochCheckpointSaver` left in ``ckpt_dir`` (none: nothing to resume)."""
+    return list(Path(ckpt_dir).glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path:
     """The newest epoch checkpoint written by :class:`EpochCheckpointSaver` in ``ckpt_dir``."""
-    candidates = list(Path(ckpt_dir).glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
+    candidates = resume_checkpoints(ckpt_dir)
     if not candidates:
         raise FileNotFoundError(f"no epoch checkpoint to resume from in {ckpt_dir} (expected {RESUME_PREFIX}_*.pt)")
     return max(candidates, key=lambda p: int(p.stem.rsplit("=", 1)[1]))
@@ -424,7 +429,7 @@ class EpochCheckpointSaver:
         kill at any moment leaves one to resume from."""
         saver.interval_completed(engine)
         newest = latest_checkpoint(self.save_dir)
-        for older in Path(self.save_dir).glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"):
+        for older in resume_checkpoints(self.save_dir):
             if older != newest:
                 older.unlink(missing_ok=True)
 

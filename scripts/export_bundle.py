@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
     sys.path.insert(0, str(REPO))
 
-from scripts.study_layout import settings_file  # noqa: E402
+from scripts.study_layout import ReportInputError, read_settings, settings_file  # noqa: E402
 
 BUNDLES_DIR = REPO / "bundles"
 PACKAGE = "custom_losses"
@@ -438,20 +438,18 @@ def write_zip(bundle_dir: Path, zip_path: Path) -> None:
                 archive.write(path, path.relative_to(bundle_dir.parent).as_posix(), compression)
 
 
-def recorded_overrides(record: Path) -> dict:
+def recorded_overrides(run: Path, fold: int) -> dict:
     """The overrides a run recorded when its training started (``scripts/run_study.py``)."""
-    if not record.is_file():
-        raise ExportError(
-            f"{record} does not exist: how this model was trained is unknown (the study runner records it); "
-            "pass --overrides='{\"image_size\": 128, ...}' with the ids it was trained with, or --overrides={} "
-            "for the bundle's defaults"
-        )
     try:
-        overrides = json.loads(record.read_text()).get("settings")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ExportError(f"{record} is unreadable: {error}") from error
-    if not isinstance(overrides, dict):
-        raise ExportError(f"{record} holds no 'settings' object of overrides")
+        overrides = read_settings(run, fold)
+    except ReportInputError as error:
+        raise ExportError(str(error)) from None
+    if overrides is None:
+        raise ExportError(
+            f"{settings_file(run, fold)} does not exist: how this model was trained is unknown (the study runner "
+            "records it); pass --overrides='{\"image_size\": 128, ...}' with the ids it was trained with, or "
+            "--overrides={} for the bundle's defaults"
+        )
     return overrides
 
 
@@ -504,7 +502,7 @@ def export_bundle(
                 f"checkpoint {checkpoint} does not exist (train fold {fold}, set --run_dir, or --noweights)"
             )
         if overrides is None:
-            overrides = recorded_overrides(settings_file(run, fold))
+            overrides = recorded_overrides(run, fold)
     overrides = carried_overrides(overrides or {})
     with tempfile.TemporaryDirectory() as staging:
         bundle_dir = Path(staging) / bundle

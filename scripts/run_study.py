@@ -199,7 +199,7 @@ def _run_stages(
     from monai.bundle import run
 
     from custom_losses.atomic import write_json_atomic
-    from custom_losses.handlers import RESUME_PREFIX
+    from custom_losses.handlers import resume_checkpoints
 
     bundle, out = Path(bundle_dir), Path(run_dir)
     configs = bundle / "configs"
@@ -221,7 +221,7 @@ def _run_stages(
     if not stage_done(out, fold, "train"):
         for stale in ("evaluate", "examples"):  # outputs of an earlier model of this run are done again
             stage_marker(out, fold, stale).unlink(missing_ok=True)
-        resume = any((out / "models" / f"fold{fold}").glob(f"{RESUME_PREFIX}_checkpoint_epoch=*.pt"))
+        resume = bool(resume_checkpoints(out / "models" / f"fold{fold}"))
         print(f"stage: train {bundle.name} fold {fold}{' (resumed)' if resume else ''}", flush=True)
         if not resume:  # a resumed run keeps the record of its start (the study refuses other settings)
             write_json_atomic(settings_file(out, fold), {"settings": overrides})
@@ -499,6 +499,7 @@ def study(
         settings["epochs"] = int(epochs)
     if device is not None:
         settings["device"] = str(device)
+    from custom_losses.handlers import resume_checkpoints
     from custom_losses.precision import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -548,7 +549,7 @@ def study(
                 status[key] = {"status": "skipped (finished earlier)"}
             continue
         models = run_dir / "models" / f"fold{fold}"
-        started_training = stage_done(run_dir, fold, "train") or any(models.glob("resume_checkpoint_epoch=*.pt"))
+        started_training = stage_done(run_dir, fold, "train") or bool(resume_checkpoints(models))
         if recorded and started_training:
             was, now = settings_difference(recorded, {**settings, "seed": seed}, RESULT_NEUTRAL)
             if was or now:
