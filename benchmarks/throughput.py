@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,10 +30,11 @@ import torch
 from ignite.engine import Events
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_losses import synchronize  # noqa: E402
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bundle_parser(bundle: Path, device: torch.device, precision: str, image_size: int | None):
@@ -326,9 +326,9 @@ def _is_3d(bundle: Path) -> bool:
 
 def synthetic_data(root: Path, image_size: int | None, num_train: int) -> Path:
     """A synthetic dataset prepared like the real one: polyp frames (2D) or hippocampus volumes (3D)."""
-    from scripts.demo_data import write_demo_layouts
-    from scripts.prepare_data import prepare_hippocampus, prepare_polyp
-    from scripts.synthetic import write_hippocampus_layout
+    from lesion_study.demo_data import write_demo_layouts
+    from lesion_study.prepare.datasets import prepare_hippocampus, prepare_polyp
+    from lesion_study.synthetic import write_hippocampus_layout
 
     if (root / "prepared" / "datalist.json").is_file():  # shared by the bundles of one image size
         return root / "prepared"

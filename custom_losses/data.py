@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from .conventions import MASK_THRESHOLD, lesion_pixels
 from .errors import InputError, InputNotFoundError
 
-MASK_THRESHOLD = 127  # 2D masks: pixels > 127 (after conversion to grayscale) are lesion
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
@@ -60,7 +60,7 @@ def _check_2d_pair(image_path: str, label_path: str) -> None:
             f"mask {label_path} is {label_size[0]}x{label_size[1]} but image {image_path} is "
             f"{image_size[0]}x{image_size[1]}"
         )
-    if 0 < mask.max() <= MASK_THRESHOLD:
+    if mask.max() > 0 and not lesion_pixels(mask.max()):
         raise DataError(
             f"mask {label_path} has values up to {mask.max()}: no pixel is above the threshold {MASK_THRESHOLD}, "
             "so it would count as empty; expected 0/255 masks (class-index masks must be scaled to 0/255)"

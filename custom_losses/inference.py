@@ -26,11 +26,11 @@ from ignite.engine import Engine, Events
 from monai.data import NibabelWriter, PILWriter
 
 from .atomic import write_csv_atomic
+from .conventions import IMAGE_SUFFIXES
 from .data import image_2d_problem, volume_problem
 from .errors import InputError, InputNotFoundError
 from .handlers import loadable_checkpoint
 
-IMAGE_SUFFIXES = {"2d": (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"), "3d": (".nii.gz", ".nii")}
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ["input", "output", "status", "reason"]
 NOT_RUN = "not run"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts.synthetic import _ellipse_distance, _smooth_noise, _textured_background
+from lesion_study.synthetic import _ellipse_distance, _smooth_noise, _textured_background
 
 
 def make_demo_image(

@@ -34,18 +34,14 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export
 from monai.bundle.reference_resolver import ReferenceResolver
 
+import custom_losses
 from custom_losses.atomic import replace_atomically
 from custom_losses.handlers import checkpoint_mismatch
+from lesion_study.paths import BUNDLES_DIR
+from lesion_study.study.layout import ReportInputError, read_settings, settings_file
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
-    sys.path.insert(0, str(REPO))
-
-from scripts.study_layout import ReportInputError, read_settings, settings_file  # noqa: E402
-
-BUNDLES_DIR = REPO / "bundles"
 PACKAGE = "custom_losses"
-PACKAGE_DIR = REPO / PACKAGE
+PACKAGE_DIR = Path(custom_losses.__file__).resolve().parent
 VENDOR_DIR = "scripts"  # bundle folder that holds the vendored package, as in the Model Zoo
 LARGE_FILES = ("models/model.pt", "models/model.ts")
 # present only for a study: it needs the five fold models, while an export ships one model

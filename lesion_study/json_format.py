@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from lesion_study.paths import REPO
 
 
 def formatted(text: str) -> str:
@@ -29,8 +29,8 @@ def json_files() -> list[Path]:
     return [REPO / name for name in listed if (REPO / name).is_file()]
 
 
-def main(argv: list[str]) -> int:
-    fix = "--fix" in argv
+def main(argv: list[str] | None = None) -> int:
+    fix = "--fix" in (sys.argv[1:] if argv is None else argv)
     bad = []
     for path in json_files():
         text = path.read_text()
@@ -50,4 +50,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -21,13 +21,10 @@ from pathlib import Path
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from custom_losses.atomic import write_text_atomic  # noqa: E402
-from scripts.study_layout import discover_runs, run_path  # noqa: E402
-from scripts.study_report import loss_of, per_image_csvs  # noqa: E402
+from custom_losses.atomic import write_text_atomic
+from lesion_study.paths import REPO
+from lesion_study.study.layout import discover_runs, run_path
+from lesion_study.study.report import loss_of, per_image_csvs
 
 PLOTS = ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "validation_curves.png")
 # results.csv columns that go into a bundle's docs and metadata (those present)

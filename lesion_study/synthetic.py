@@ -280,7 +280,7 @@ def write_prepared_polyp(
 ) -> Path:
     """Kvasir/EndoTect-like layouts under ``root`` prepared by ``prepare_data.prepare_polyp``; returns the
     prepared folder (``datalist.json`` inside), ready as a bundle's ``dataset_dir``."""
-    from scripts.prepare_data import prepare_polyp
+    from lesion_study.prepare.datasets import prepare_polyp
 
     root = Path(root)
     write_kvasir_layout(root / "kvasir", n_images=n_train, size=size, seed=seed)

@@ -681,8 +681,11 @@ def theory(cases_per_group: int = 8) -> None:
                 print(f"    {name:<18} {volume:7.1f} px  ({100 * (volume / expected - 1):+.1f}%)")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    fire.Fire({"run": run, "theory": theory}, command=list(argv) if argv is not None else None)
+def main(argv: Sequence[str] | None = None) -> int:
+    fire.Fire(
+        {"run": run, "theory": theory}, command=list(argv) if argv is not None else None, name="volume_bias_study.py"
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.demo_data import write_demo_layouts
-from scripts.prepare_data import prepare_polyp
+from lesion_study.demo_data import write_demo_layouts
+from lesion_study.prepare.datasets import prepare_polyp
 
 # bundle overrides for runs of seconds: one epoch of tiny images on the CPU
 TINY = {"epochs": 1, "batch_size": 4, "val_batch_size": 4, "num_workers": 0, "image_size": 64, "device": "cpu"}

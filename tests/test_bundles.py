@@ -20,9 +20,9 @@ from monai.data import load_net_with_metadata
 from monai.utils import set_determinism
 from PIL import Image
 
-from scripts.bundlegen.configs import SELECTION_START
-from scripts.make_bundles import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen.cli import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
+from lesion_study.bundlegen.configs import SELECTION_START
+from lesion_study.synthetic import write_prepared_polyp
 
 GENERATED = all_bundles()
 BUNDLE_NAMES = sorted(GENERATED)

@@ -15,9 +15,9 @@ import torch
 from monai.bundle import ckpt_export
 from monai.data import load_net_with_metadata
 
-from scripts.make_bundles import BUNDLES_DIR
-from scripts.prepare_data import prepare_hippocampus
-from scripts.synthetic import write_hippocampus_layout
+from lesion_study.bundlegen.cli import BUNDLES_DIR
+from lesion_study.prepare.datasets import prepare_hippocampus
+from lesion_study.synthetic import write_hippocampus_layout
 from tests.test_bundles import run_workflow
 
 FAST_3D = {"epochs": 2, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "device": "cpu"}

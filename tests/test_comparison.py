@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from custom_losses.comparison import holm, mcnemar_exact, mean_ci, paired_difference
+from lesion_study.study.statistics import holm, mcnemar_exact, mean_ci, paired_difference
 
 
 def test_interval_covers_a_known_difference_and_excludes_zero_when_large():

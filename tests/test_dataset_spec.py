@@ -9,9 +9,10 @@ import pytest
 import yaml
 from monai.bundle import verify_metadata, verify_net_in_out
 
-from scripts import make_bundles, run_study
-from scripts.bundlegen.specs import BUILTIN_DATASETS, DATASETS, SPECS_DIR, SpecError, load_dataset_spec
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen import cli as make_bundles
+from lesion_study.bundlegen.specs import BUILTIN_DATASETS, DATASETS, SPECS_DIR, SpecError, load_dataset_spec
+from lesion_study.study import cli as run_study
+from lesion_study.synthetic import write_prepared_polyp
 
 SKIN = {
     "name": "skin",
@@ -43,13 +44,13 @@ def test_builtin_datasets_are_spec_files():
     for name in BUILTIN_DATASETS:
         assert load_dataset_spec(SPECS_DIR / f"{name}.yaml") == DATASETS[name]
     # and they regenerate today's bundles unchanged (test_bundles.py compares every file)
-    assert make_bundles.cli(["--check"]) == 0
+    assert make_bundles.main(["--check"]) == 0
 
 
 def test_bundles_from_a_spec_verify(tmp_path):
     spec = write_spec(tmp_path / "skin.yaml")
     out = tmp_path / "my_bundles"
-    assert make_bundles.cli([f"--dataset_spec={spec}", f"--output_dir={out}"]) == 0
+    assert make_bundles.main([f"--dataset_spec={spec}", f"--output_dir={out}"]) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["skin_ce", "skin_dbce", "skin_dice"]
     bundle = out / "skin_dbce"
     for config in ("train", "evaluate", "evaluate_ensemble", "inference", "multi_gpu_train", "finetune"):
@@ -69,7 +70,7 @@ def test_bundles_from_a_spec_verify(tmp_path):
     assert json.loads((bundle / "configs" / "train.json").read_text())["image_size"] == 64
     assert "skin_dice" in (out / "README.md").read_text()
     assert "Skin lesion segmentation" in (bundle / "docs" / "README.md").read_text()
-    assert make_bundles.cli([f"--dataset_spec={spec}", f"--output_dir={out}", "--check"]) == 0
+    assert make_bundles.main([f"--dataset_spec={spec}", f"--output_dir={out}", "--check"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_bad_specs_are_named(tmp_path, changes, fragment, capsys):
     with pytest.raises(SpecError) as error:
         load_dataset_spec(spec)
     assert str(spec) in str(error.value) and fragment in str(error.value) and "\n" not in str(error.value)
-    assert make_bundles.cli([f"--dataset_spec={spec}", f"--output_dir={tmp_path / 'out'}"]) == 1
+    assert make_bundles.main([f"--dataset_spec={spec}", f"--output_dir={tmp_path / 'out'}"]) == 1
     assert capsys.readouterr().err.strip().startswith(f"error: dataset spec {spec}")
     assert not (tmp_path / "out").exists()
 
@@ -106,7 +107,7 @@ def test_missing_field_and_unreadable_spec(tmp_path):
 def test_study_on_a_spec_dataset(tmp_path):
     spec = write_spec(tmp_path / "skin.yaml", losses=["ce", "dbce"])
     bundles = tmp_path / "my_bundles"
-    assert make_bundles.cli([f"--dataset_spec={spec}", f"--output_dir={bundles}"]) == 0
+    assert make_bundles.main([f"--dataset_spec={spec}", f"--output_dir={bundles}"]) == 0
     data = write_prepared_polyp(tmp_path / "data", n_train=10, n_lesion=3, n_lesion_free=2)
     code = run_study.study(
         "skin",

@@ -11,8 +11,8 @@ import inspect
 import json
 import math
 
-from scripts import run_study
-from scripts.demo_data import write_demo_layouts
+from lesion_study.demo_data import write_demo_layouts
+from lesion_study.study import cli as run_study
 from tests.conftest import TINY
 
 # measured: 30 epochs x 15 steps of 8 frames of 64x64 through ResNet-10 + decoder 128-8 took 9.7 minutes

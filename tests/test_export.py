@@ -18,10 +18,10 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 from monai.utils import set_determinism
 
-from scripts.export_bundle import PACKAGE_DIR, export_bundle, main, vendored_modules
-from scripts.make_bundles import BUNDLES_DIR, SCHEMA_FILE
-from scripts.run_study import DEMO_SETTINGS, run_bundle
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen.cli import BUNDLES_DIR, SCHEMA_FILE
+from lesion_study.export import PACKAGE_DIR, export_bundle, main, vendored_modules
+from lesion_study.study.cli import DEMO_SETTINGS, run_bundle
+from lesion_study.synthetic import write_prepared_polyp
 from tests.test_bundles import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,7 +302,7 @@ def test_bad_input_fails_with_one_line_and_no_zip(tmp_path, capsys, monkeypatch)
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("scripts.export_bundle.zipfile.ZipFile.write", fail)
+    monkeypatch.setattr("lesion_study.export.zipfile.ZipFile.write", fail)
     with pytest.raises(OSError, match="disk full"):
         export_bundle(BUNDLE, output_dir=str(output_dir), weights=False)
     assert list(output_dir.iterdir()) == []

@@ -11,7 +11,7 @@ from monai.bundle import ConfigWorkflow
 
 from custom_losses.handlers import load_pretrained_weights
 from custom_losses.networks import ScriptableFlexibleUNet
-from scripts.make_bundles import BUNDLES_DIR
+from lesion_study.bundlegen.cli import BUNDLES_DIR
 from tests.test_bundles import FAST, dataset_dir, run_workflow  # noqa: F401  (dataset_dir is a fixture)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.synthetic import write_prepared_polyp
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("gpu_kit", REPO / "benchmarks" / "gpu_kit.py")

@@ -25,8 +25,8 @@ from PIL import Image
 from custom_losses.data import DataError, check_items
 from custom_losses.errors import InputError, error_line, find_input_error, report_lines
 from custom_losses.inference import ManifestUpdater, inference_items, output_name
-from scripts.make_bundles import BUNDLES_DIR
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen.cli import BUNDLES_DIR
+from lesion_study.synthetic import write_prepared_polyp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -305,7 +305,7 @@ def test_an_output_folder_under_a_file_or_read_only(tmp_path, monkeypatch):
 def test_every_config_checks_its_settings_first():
     """Second in every initialize, right after the error report (multi-GPU: before the process group)."""
     from custom_losses.settings import RULES
-    from scripts.bundlegen.configs import ERROR_REPORT
+    from lesion_study.bundlegen.configs import ERROR_REPORT
     from tests.test_bundles import GENERATED
 
     written = {

@@ -17,8 +17,8 @@ from torch import nn
 from custom_losses import precision
 from custom_losses.networks import ScriptableFlexibleUNet
 from custom_losses.precision import autocast_enabled, prepare_network, resolve_precision
-from scripts.make_bundles import BUNDLES_DIR
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen.cli import BUNDLES_DIR
+from lesion_study.synthetic import write_prepared_polyp
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_bf16_training_is_deterministic_on_the_cpu(tmp_path):
 
 
 def test_study_refuses_an_unknown_precision(tmp_path):
-    from scripts import run_study
+    from lesion_study.study import cli as run_study
 
     with pytest.raises(run_study.StudyError, match="--precision must be one of auto, bf16, fp32, got 'fp16'"):
         run_study.study("demo", output_dir=str(tmp_path), precision="fp16")
@@ -195,7 +195,7 @@ def test_study_refuses_an_unknown_precision(tmp_path):
 @pytest.mark.slow
 def test_study_records_the_precision(tiny_demo_data, tmp_path):
     """study.json, the report's settings line and each evaluation summary say what the networks computed in."""
-    from scripts import run_study
+    from lesion_study.study import cli as run_study
     from tests.conftest import TINY
 
     out = tmp_path / "study"

@@ -16,8 +16,9 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from scripts.prepare_data import DataPreparationError, pair_images_and_masks, prepare_polyp
-from scripts.synthetic import make_lesion_image, write_endotect_layout, write_kvasir_layout
+from lesion_study.prepare.common import DataPreparationError, pair_images_and_masks
+from lesion_study.prepare.datasets import prepare_polyp
+from lesion_study.synthetic import make_lesion_image, write_endotect_layout, write_kvasir_layout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_KVASIR, N_ENDOTECT_LESION, N_ENDOTECT_LESION_FREE = 20, 6, 3
@@ -260,7 +261,7 @@ def test_failure_while_writing_leaves_nothing(
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("scripts.prepare_data._move_into_place", disk_full)
+    monkeypatch.setattr("lesion_study.prepare.common.move_into_place", disk_full)
     with pytest.raises(OSError, match="No space left"):
         prepare_polyp(*layouts, tmp_path / "prepared", size=16)
     assert not (tmp_path / "prepared").exists() and _leftovers(tmp_path) == []

@@ -13,8 +13,8 @@ import tifffile
 from PIL import Image
 
 from custom_losses.data import fold_split
-from scripts.prepare_data import DataPreparationError
-from scripts.prepare_folder import binary_mask, prepare_folder
+from lesion_study.prepare.common import DataPreparationError
+from lesion_study.prepare.folder import binary_mask, prepare_folder
 from tests.test_prepare_data import assert_named_and_nothing_written
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,9 @@ import pytest
 from monai.data import load_decathlon_datalist
 from PIL import Image
 
-from scripts.prepare_data import DataPreparationError, prepare_footulcer
-from scripts.synthetic import write_fuseg_layout
+from lesion_study.prepare.common import DataPreparationError
+from lesion_study.prepare.datasets import prepare_footulcer
+from lesion_study.synthetic import write_fuseg_layout
 from tests.test_prepare_data import assert_named_and_nothing_written
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

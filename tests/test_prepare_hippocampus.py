@@ -15,8 +15,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImaged
 
-from scripts.prepare_data import prepare_hippocampus
-from scripts.synthetic import write_hippocampus_layout
+from lesion_study.prepare.datasets import prepare_hippocampus
+from lesion_study.synthetic import write_hippocampus_layout
 from tests.test_prepare_data import assert_named_and_nothing_written
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_failure_while_copying_leaves_nothing(
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("scripts.prepare_data.shutil.copyfile", disk_full)
+    monkeypatch.setattr("lesion_study.prepare.datasets.shutil.copyfile", disk_full)
     with pytest.raises(OSError, match="No space left"):
         prepare_hippocampus(hippocampus, tmp_path / "prepared")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["hippocampus"]

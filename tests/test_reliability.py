@@ -26,8 +26,8 @@ from custom_losses import CrossEntropyLoss
 from custom_losses.atomic import replace_atomically, write_csv_atomic, write_json_atomic, write_text_atomic
 from custom_losses.data import DataError, check_items, fold_split, load_split
 from custom_losses.handlers import AtomicCheckpointSaver, EpochCheckpointSaver, LesionMetricsWriter
-from scripts.make_bundles import BUNDLES_DIR
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.bundlegen.cli import BUNDLES_DIR
+from lesion_study.synthetic import write_prepared_polyp
 from tests.test_bundles import FAST, run_workflow
 
 
@@ -362,7 +362,7 @@ def test_outputs_are_written_atomically(tmp_path):
 def write_with_every_writer(folder: Path) -> list[Path]:
     """Each atomic writer, and the study's files written through them (manifest, exported zip)."""
     from custom_losses.inference import inference_items
-    from scripts.export_bundle import export_bundle
+    from lesion_study.export import export_bundle
 
     write_text_atomic(folder / "results.md", "# results\n")
     write_json_atomic(folder / "summary.json", {"dice": 0.5})

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import run_study, study_tracking
-from scripts.study_launch import (
+from lesion_study.study import cli as run_study
+from lesion_study.study import tracking as study_tracking
+from lesion_study.study.launch import (
     Job,
     LaunchError,
     SlurmOptions,

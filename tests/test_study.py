@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import run_study
-from scripts.study_layout import run_path
-from scripts.study_report import convergence, convergence_verdict, validation_curve, write_report
-from scripts.synthetic import write_prepared_polyp
+from lesion_study.study import cli as run_study
+from lesion_study.study.layout import run_path
+from lesion_study.study.report import convergence, convergence_verdict, validation_curve, write_report
+from lesion_study.synthetic import write_prepared_polyp
 from tests.conftest import TINY
 
 
@@ -542,7 +542,7 @@ def test_convergence_says_whether_the_curve_flattened():
 
 
 def test_publish_copies_the_report_but_no_data_images(tmp_path):
-    from scripts.publish_results import bundle_results, publish
+    from lesion_study.publish import bundle_results, publish
 
     study = tmp_path / "study"
     lesion_free = {"num_lesion_free": 10}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import volume_bias_study as study
+from lesion_study import volume_bias as study
 
 DISTANCES = study.pixel_distances()
 CASES = 4  # per group in the training tests

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
-    sys.path.insert(0, str(REPO))
-
-from scripts.bundlegen.docs import index_readme  # noqa: E402
-from scripts.bundlegen.files import all_bundles, bundle_files  # noqa: E402
-from scripts.bundlegen.specs import (  # noqa: E402
+from lesion_study.bundlegen.docs import index_readme
+from lesion_study.bundlegen.files import all_bundles, bundle_files
+from lesion_study.bundlegen.specs import (
     BUNDLES_DIR,
     DATASETS,
     LOSSES,
@@ -53,7 +49,7 @@ __all__ = [
 ]
 
 
-def main(check: bool = False, output_dir: str | None = None, dataset_spec: str | None = None) -> None:
+def make_bundles(check: bool = False, output_dir: str | None = None, dataset_spec: str | None = None) -> None:
     """Write (or with ``--check`` compare) the bundles of the built-in datasets under ``bundles/``, or with
     ``--dataset_spec=my_lesions.yaml`` those of your dataset under ``--output_dir`` (its own README index,
     the metadata schema, and results from ``<output_dir>/results/<name>.json`` when you publish some).
@@ -92,9 +88,9 @@ def main(check: bool = False, output_dir: str | None = None, dataset_spec: str |
         print(f"wrote {len(bundles)} bundles to {root}")
 
 
-def cli(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
-        fire.Fire(main, command=argv, name="make_bundles.py")
+        fire.Fire(make_bundles, command=argv, name="make_bundles.py")
     except SpecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -102,4 +98,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+from custom_losses.conventions import BUNDLE_MASK_THRESHOLD
+
 from .specs import LOSSES, DatasetSpec
 
 
@@ -93,7 +95,7 @@ def load_transforms(spec: DatasetSpec) -> list[dict]:
         },
         {"_target_": "EnsureChannelFirstd", "keys": ["image", "label"]},
         SCALE_TO_UNIT,
-        {"_target_": "AsDiscreted", "keys": "label", "threshold": 127.5},
+        {"_target_": "AsDiscreted", "keys": "label", "threshold": BUNDLE_MASK_THRESHOLD},
         {
             "_target_": "Resized",
             "keys": ["image", "label"],

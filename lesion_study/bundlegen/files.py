@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lesion_study.paths import REPO
+
 from .configs import (
     LOGGING_CONF,
     evaluate_config,
@@ -16,7 +18,7 @@ from .configs import (
 )
 from .docs import docs_readme, results_table
 from .metadata import metadata
-from .specs import DATASETS, RANK0_TRAIN_HANDLERS, REPO, RESULTS_DIR, DatasetSpec, measured_results
+from .specs import DATASETS, RANK0_TRAIN_HANDLERS, RESULTS_DIR, DatasetSpec, measured_results
 
 
 def dump_json(data: dict) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLES_DIR = REPO / "bundles"
+import custom_losses
+from lesion_study.paths import BUNDLES_DIR
+
 RESULTS_DIR = BUNDLES_DIR / "results"  # published results per dataset (scripts/publish_results.py)
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA_FILE = "meta_schema_20240725.json"  # kept in bundles/: verify_metadata cannot download it offline
@@ -21,7 +22,7 @@ MONAI_VERSION = "1.6.1"
 PYTORCH_VERSION = "2.13.0"
 IGNITE_VERSION = "0.5.5"
 NUMPY_VERSION = "2.4.6"
-CUSTOM_LOSSES_VERSION = "0.1.0"
+CUSTOM_LOSSES_VERSION = custom_losses.__version__
 BUNDLE_VERSION = "0.1.0"
 
 REFERENCES = {

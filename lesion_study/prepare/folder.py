@@ -26,28 +26,29 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from custom_losses.inference import IMAGE_SUFFIXES
-from scripts.prepare_data import (
+from custom_losses.conventions import IMAGE_SUFFIXES, lesion_pixels
+from lesion_study.prepare.common import (
     DataPreparationError,
     PreparedPair,
     SourcePair,
-    _assign_folds,
-    _check_in_parallel,
-    _check_options,
-    _copy_name_clashes,
-    _empty_training_masks_to_test,
-    _png_bytes,
-    _raise_problems,
-    _require_positive_int,
-    _unreadable,
-    _write_image_dataset,
+    assign_folds,
+    check_in_parallel,
+    check_options,
+    copy_name_clashes,
+    data_files,
+    empty_training_masks_to_test,
+    index_by_key,
+    png_bytes,
+    raise_problems,
+    require_positive_int,
+    unreadable,
+    write_image_dataset,
 )
 
 FOLDER_SUFFIXES = IMAGE_SUFFIXES["2d"]  # what the 2D bundles' inference reads, too
 TIFF_SUFFIXES = (".tif", ".tiff")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 MASK_RULES = ("auto", "nonzero", "threshold")
-MASK_THRESHOLD = 127
 
 
 def _suffix(path: Path) -> str:
@@ -64,7 +65,7 @@ def read_image_array(path: Path, kind: str) -> np.ndarray:
                 image.load()
                 array = np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK", "YCbCr") else image)
     except Exception as error:  # any decoder error means the same thing here
-        raise _unreadable(kind, path, "an image", error) from None
+        raise unreadable(kind, path, "an image", error) from None
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if array.dtype != np.uint8:
@@ -97,14 +98,14 @@ def binary_mask(array: np.ndarray, path: Path, rule: str) -> np.ndarray:
     if rule == "nonzero":
         return values > 0
     if rule == "threshold":
-        return values > MASK_THRESHOLD
+        return lesion_pixels(values)
     present = np.unique(values)
     if set(present.tolist()) <= {0, 255}:
         return values == 255
     if set(present.tolist()) <= {0, 1}:
         return values == 1
     if _suffix(path) in JPEG_SUFFIXES:
-        return values > MASK_THRESHOLD
+        return lesion_pixels(values)
     shown = ", ".join(str(v) for v in present[:6]) + (", ..." if present.size > 6 else "")
     raise DataPreparationError(
         f"mask {path} has values {{{shown}}}: neither 0/255 nor 0/1, so which are lesion is ambiguous "
@@ -132,24 +133,9 @@ def check_folder_pair(pair: SourcePair, size: int | None, mask_rule: str) -> Pre
     if size is not None:
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
         mask_image = mask_image.resize((size, size), Image.Resampling.BILINEAR).point(
-            lambda value: 255 if value > MASK_THRESHOLD else 0
+            lambda value: 255 if lesion_pixels(value) else 0
         )
-    return PreparedPair(pair, _png_bytes(rgb), _png_bytes(mask_image), mask_image.getbbox() is None, source_empty)
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and _suffix(p) in FOLDER_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def _by_stem(paths: list[Path], kind: str, problems: list[str]) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in found:
-            problems.append(f"duplicate {kind} stem '{path.stem}': {found[path.stem]} and {path}")
-        found.setdefault(path.stem, path)
-    return found
+    return PreparedPair(pair, png_bytes(rgb), png_bytes(mask_image), mask_image.getbbox() is None, source_empty)
 
 
 def collect_split(
@@ -161,8 +147,8 @@ def collect_split(
         return []
     if (folder / "images").is_dir():
         image_dir, mask_dir = folder / "images", folder / "masks"
-        images = _by_stem(_files(image_dir), "image", problems)
-        mask_files = _files(mask_dir) if mask_dir.is_dir() else []
+        images = index_by_key(data_files(image_dir, FOLDER_SUFFIXES), "image", problems, FOLDER_SUFFIXES)
+        mask_files = data_files(mask_dir, FOLDER_SUFFIXES) if mask_dir.is_dir() else []
         if masks_required and not mask_dir.is_dir():
             problems.append(f"{source}: {image_dir} has no sibling masks/ folder")
     else:
@@ -173,11 +159,13 @@ def collect_split(
             )
             return []
         mask_dir = folder
-        files = _files(folder)
+        files = data_files(folder, FOLDER_SUFFIXES)
         is_mask = [bool(mask_suffix) and p.stem.endswith(mask_suffix) for p in files]
-        images = _by_stem([p for p, m in zip(files, is_mask, strict=True) if not m], "image", problems)
+        images = index_by_key(
+            [p for p, m in zip(files, is_mask, strict=True) if not m], "image", problems, FOLDER_SUFFIXES
+        )
         mask_files = [p for p, m in zip(files, is_mask, strict=True) if m]
-    masks = _by_stem(mask_files, "mask", problems)
+    masks = index_by_key(mask_files, "mask", problems, FOLDER_SUFFIXES)
     if mask_suffix:
         masks = {stem[: -len(mask_suffix)]: path for stem, path in masks.items() if stem.endswith(mask_suffix)}
     if not images:
@@ -229,9 +217,9 @@ def prepare_folder(
     """
     if mask_rule not in MASK_RULES:
         raise DataPreparationError(f"mask_rule must be one of {', '.join(MASK_RULES)}, got {mask_rule!r}")
-    _require_positive_int("size", size)
+    require_positive_int("size", size)
     output_dir = Path(output_dir).absolute()
-    workers = _check_options(num_folds, output_dir, overwrite, max_workers)
+    workers = check_options(num_folds, output_dir, overwrite, max_workers)
     mask_suffix = str(mask_suffix or "")
 
     problems: list[str] = []
@@ -239,23 +227,23 @@ def prepare_folder(
     pairs += collect_split(Path(test_dir), "test", "test", mask_suffix, True, problems)
     if lesion_free_dir is not None:
         pairs += collect_split(Path(lesion_free_dir), "test", "lesion-free", mask_suffix, False, problems)
-    _raise_problems(problems)
+    raise_problems(problems)
     print(f"checking and resizing {len(pairs)} image(s) with {workers} threads (mask rule: {mask_rule})", flush=True)
-    prepared = _check_in_parallel(partial(check_folder_pair, size=size, mask_rule=mask_rule), pairs, workers)
-    _raise_problems(
+    prepared = check_in_parallel(partial(check_folder_pair, size=size, mask_rule=mask_rule), pairs, workers)
+    raise_problems(
         [
             f"mask of a lesion-free image is not empty: {item.pair.mask_path}"
             for item in prepared
             if item.pair.lesion_free_folder and not item.source_mask_is_empty
         ]
     )
-    prepared = _empty_training_masks_to_test(prepared, "train-lesion-free")
+    prepared = empty_training_masks_to_test(prepared, "train-lesion-free")
     moved = sum(item.pair.source == "train-lesion-free" for item in prepared)
     if moved:
         print(f"{moved} training image(s) with an empty mask go to the test split as lesion-free", flush=True)
-    _raise_problems(_copy_name_clashes(item.pair for item in prepared))
+    raise_problems(copy_name_clashes(item.pair for item in prepared))
     training_stems = [item.pair.image_path.stem for item in prepared if item.pair.split == "train"]
-    folds = _assign_folds(training_stems, num_folds, seed, f"training images with a lesion in {train_dir}")
+    folds = assign_folds(training_stems, num_folds, seed, f"training images with a lesion in {train_dir}")
     header = {
         "name": name,
         "description": f"2D lesion dataset prepared from {Path(train_dir).name}/ (training, in folds) and "
@@ -265,6 +253,6 @@ def prepare_folder(
         "seed": seed,
         "mask_rule": mask_rule,
     }
-    return _write_image_dataset(
+    return write_image_dataset(
         output_dir, header, prepared, lambda item: item.source_mask_is_empty, folds, size, workers
     )

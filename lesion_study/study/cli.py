@@ -35,14 +35,11 @@ from pathlib import Path
 
 import fire
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a plain script: make `scripts` importable
-    sys.path.insert(0, str(REPO))
-
-from scripts import study_tracking  # noqa: E402
-from scripts.bundlegen.specs import DATASETS as DATASET_SPECS  # noqa: E402
-from scripts.bundlegen.specs import DatasetSpec, SpecError, load_dataset_spec  # noqa: E402
-from scripts.study_launch import (  # noqa: E402
+from lesion_study.bundlegen.specs import DATASETS as DATASET_SPECS
+from lesion_study.bundlegen.specs import DatasetSpec, SpecError, load_dataset_spec
+from lesion_study.paths import BUNDLES_DIR, REPO
+from lesion_study.study import tracking as study_tracking
+from lesion_study.study.launch import (
     Job,
     LaunchError,
     SlurmOptions,
@@ -56,7 +53,7 @@ from scripts.study_launch import (  # noqa: E402
     run_sequential,
     submit_array,
 )
-from scripts.study_layout import (  # noqa: E402
+from lesion_study.study.layout import (
     ReportInputError,
     discover_runs,
     read_settings,
@@ -272,8 +269,8 @@ def _run_stages(
 
 def prepare_demo_data(data_root: Path, seed: int = 0) -> Path:
     """Synthetic lesion dataset in the official layouts, prepared exactly as real data."""
-    from scripts.demo_data import write_demo_layouts
-    from scripts.prepare_data import prepare_polyp
+    from lesion_study.demo_data import write_demo_layouts
+    from lesion_study.prepare.datasets import prepare_polyp
 
     prepared = data_root / "prepared"
     if (prepared / "datalist.json").is_file():
@@ -489,7 +486,7 @@ def study(
         study_tracking.require(tracking)
     started = time.time()
     out = Path(output_dir or REPO / "study" / dataset).resolve()
-    bundles_root = Path(bundles_dir).resolve() if bundles_dir else REPO / "bundles"
+    bundles_root = Path(bundles_dir).resolve() if bundles_dir else BUNDLES_DIR
     names = bundle_names(dataset, bundles, bundles_root, own_spec)
     folds, seeds = _int_list("folds", folds), _int_list("seeds", seeds)
     settings = dict(DEMO_SETTINGS) if dataset == "demo" else {}
@@ -557,7 +554,7 @@ def study(
                     f"{key} was trained with {was or '(none)'}, this command asks for {now or '(none)'}: run it with "
                     f"the same settings, or delete {models} to train it again, or choose another --output_dir"
                 )
-        command = [sys.executable, str(Path(__file__).resolve()), "run_bundle"]
+        command = [sys.executable, "-m", "lesion_study.study", "run_bundle"]
         command += ["--bundle_dir", str(bundles_root / name), "--run_dir", str(run_dir)]
         command += ["--data_dir", str(data_path), "--fold", str(fold)]
         command += ["--overrides", json.dumps({**settings, "seed": seed})]
@@ -579,7 +576,7 @@ def study(
         cluster = "slurm" if launcher == "slurm" else "local"
         submitted = submit_array(jobs, out / "slurm", cluster, options, wait, started) if jobs else {}
         if submitted is None:
-            report_command = f"python {Path(__file__).name} report --output_dir={out}"
+            report_command = f"python scripts/run_study.py report --output_dir={out}"
             print(f"not waiting: build the report when the jobs have ended: {report_command}", flush=True)
             return 0
         status.update(submitted)
@@ -594,7 +591,7 @@ def study(
                 run_dir = run_path(out, name, seed)
                 if stage_done(run_dir, "ensemble", "evaluate"):
                     continue
-                command = [sys.executable, str(Path(__file__).resolve()), "run_bundle", "--bundle_dir"]
+                command = [sys.executable, "-m", "lesion_study.study", "run_bundle", "--bundle_dir"]
                 command += [str(bundles_root / name), "--run_dir", str(run_dir), "--data_dir", str(data_path)]
                 command += ["--fold", "0", "--overrides", json.dumps({**settings, "seed": seed})]
                 command += ["--ensemble_folds", json.dumps(folds)]
@@ -607,7 +604,7 @@ def study(
     failed = [key for key, value in status.items() if value["status"].startswith("failed")]
     try:
         from custom_losses.atomic import write_text_atomic
-        from scripts.study_report import write_report
+        from lesion_study.study.report import write_report
     except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
         print(
             f"report skipped: {error.name} is not installed; the runs are complete, build the report with "
@@ -635,7 +632,7 @@ def report(output_dir: str, reference: str = "ce") -> None:
     """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder from its saved
     summaries and per-image CSVs (no training), comparing every loss with ``reference``; the dataset,
     settings and run statuses come from ``study.json``, written by the last study command."""
-    from scripts.study_report import write_report
+    from lesion_study.study.report import write_report
 
     out = Path(output_dir).resolve()
     names, seeds, folds = discover_runs(out)

@@ -2,7 +2,7 @@
 
 Each run writes one row per test image (``per_image.csv``; ``per_volume.csv`` for 3D bundles). A loss's
 value on an image is averaged over its runs (folds x seeds) first, so every image counts once; then each
-loss is compared with the reference on the images both were evaluated on (custom_losses.comparison).
+loss is compared with the reference on the images both were evaluated on (lesion_study.study.statistics).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_losses.comparison import holm, mcnemar_exact, mean_ci, paired_difference
 from custom_losses.handlers import CSV_FIELDS
-from scripts.study_layout import ReportInputError
+from lesion_study.study.layout import ReportInputError
+from lesion_study.study.statistics import holm, mcnemar_exact, mean_ci, paired_difference
 
 
 def _number(text: str) -> float:

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
-from custom_losses.comparison import mean_ci  # noqa: E402
-from scripts.study_comparison import (  # noqa: E402
+from custom_losses.atomic import write_csv_atomic, write_text_atomic
+from custom_losses.conventions import lesion_pixels  # noqa: E402
+from lesion_study.study.comparison import (  # noqa: E402
     HEADLINE,
     HEADLINE_VOLUME,
     LESION_PAIRED,
@@ -37,7 +37,8 @@ from scripts.study_comparison import (  # noqa: E402
     read_runs,
     sentences,
 )
-from scripts.study_layout import read_settings, run_path  # noqa: E402
+from lesion_study.study.layout import read_settings, run_path  # noqa: E402
+from lesion_study.study.statistics import mean_ci  # noqa: E402
 
 # (summary key, column title, what is best: "max", "min", "zero" = closest to 0, "ideal" = closest to the ideal share)
 LESION_METRICS = [
@@ -465,12 +466,12 @@ def plot_examples(out: Path, names: list[str], fold: int, seed: int) -> None:
             rgb = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255
             prediction = prediction_dirs[name] / f"{image_path.stem}_seg.png"
             if prediction.is_file():
-                mask = np.asarray(Image.open(prediction).convert("L").resize(rgb.shape[1::-1], Image.NEAREST)) > 127
+                mask = lesion_pixels(Image.open(prediction).convert("L").resize(rgb.shape[1::-1], Image.NEAREST))
                 rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([1.0, 0.0, 0.0])
             ax.imshow(rgb)
             truth_path = out / "example_masks" / image_path.name
             if truth_path.is_file():
-                truth = np.asarray(Image.open(truth_path).convert("L").resize(rgb.shape[1::-1], Image.NEAREST)) > 127
+                truth = lesion_pixels(Image.open(truth_path).convert("L").resize(rgb.shape[1::-1], Image.NEAREST))
                 if truth.any():
                     ax.contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
             ax.set_xticks([])

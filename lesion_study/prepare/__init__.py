@@ -1,0 +1,1 @@
+"""Preparing datasets for the bundles: shared helpers (common), built-in datasets, own folders, the command."""
