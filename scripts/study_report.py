@@ -562,8 +562,8 @@ def _paired_table(results: list[dict], reference: str) -> list[str]:
             )
         else:
             lines.append(
-                f"| {metric.title} ({metric.unit}) | {r['loss']} | {100 * r['mean']:.2f} | "
-                f"{100 * r['reference_mean']:.2f} | {format_difference(r)} | {format_p(r['p'])} | "
+                f"| {metric.title} ({metric.unit}) | {r['loss']} | {metric.scale * r['mean']:.2f} | "
+                f"{metric.scale * r['reference_mean']:.2f} | {format_difference(r)} | {format_p(r['p'])} | "
                 f"{format_p(r['p_holm'])} |"
             )
     return lines + [
