@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import inspect
-import itertools
 import json
 import shutil
 import sys
@@ -23,14 +22,15 @@ import fire
 
 from custom_losses.atomic import write_text_atomic
 from lesion_study.paths import REPO
-from lesion_study.study.layout import discover_runs, run_path
-from lesion_study.study.report import loss_of, per_image_csvs
+from lesion_study.study.layout import discover_runs
+from lesion_study.study.report import per_image_csvs
 
 PLOTS = ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "validation_curves.png")
 # results.csv columns that go into a bundle's docs and metadata (those present)
 HEADLINE_COLUMNS = (
     "dice_lesion",
     "iou_lesion",
+    "dice_all",
     "predicted_empty_share",
     "lesion_free_fp_rate",
     "lesion_free_fp_area",
@@ -43,63 +43,8 @@ HEADLINE_COLUMNS = (
 )
 
 
-# Published numbers a study is set next to, per dataset: the paper, what its setting was, and per loss
-# (test Dice on lesion images, % of test images predicted empty), in points as the paper prints them.
-PAPER_NUMBERS = {
-    "polyp": {
-        "source": "Galdran et al., DFUC 2022 (arXiv:2209.06078), EndoTect test table: ImageNet-pretrained "
-        "ResNet18 encoder at full size",
-        "losses": {
-            "ce": (87.33, 6.36),
-            "dice": (81.91, 1.82),
-            "ce_finetune_dice": (86.62, 5.91),
-            "ce_linear_dice": (86.94, 5.45),
-            "ce_dice": (84.89, 4.09),
-        },
-    },
-}
-
-
 class PublishError(ValueError):
     """A study folder that cannot be published: the message names what is missing."""
-
-
-def paper_comparison_lines(study: Path, dataset: str) -> list[str]:
-    """The study's test Dice and share predicted empty next to the paper's, and per run the lesion-free
-    images given a false lesion (empty when the dataset has no paper numbers)."""
-    paper = PAPER_NUMBERS.get(dataset)
-    if paper is None:
-        return []
-    with open(study / "results.csv", newline="") as handle:
-        rows = {r["loss"]: r for r in csv.DictReader(handle) if r["kind"] == "runs"}
-    ideal = ""
-    false_lesions: dict[str, list[str]] = {}
-    bundles, seeds, folds = discover_runs(study)
-    for bundle, seed, fold in itertools.product(bundles, seeds, folds):
-        path = run_path(study, bundle, seed) / "eval" / f"fold{fold}" / "summary.json"
-        if not path.is_file():
-            continue
-        summary = json.loads(path.read_text())
-        ideal = ideal or f"{100 * summary['ideal_empty_share']:.2f}%"
-        count = round(summary["lesion_free_fp_rate"] * summary["num_lesion_free"])
-        false_lesions.setdefault(loss_of(bundle), []).append(f"{count}/{summary['num_lesion_free']}")
-    lines = [
-        "## Next to the paper",
-        "",
-        f"Paper: {paper['source']}. Here: means over the runs of this study (the setting in the title).",
-        "",
-        f"| loss | test Dice (lesion) | paper | predicted empty (ideal {ideal}) | paper | lesion-free images "
-        "with a false lesion, per run |",
-        "|---|---|---|---|---|---|",
-    ]
-    for loss, row in rows.items():
-        paper_dice, paper_empty = paper["losses"].get(loss, (None, None))
-        lines.append(
-            f"| {loss} | {100 * float(row['dice_lesion_mean']):.1f} | {paper_dice or ''} | "
-            f"{100 * float(row['predicted_empty_share_mean']):.1f}% | {f'{paper_empty}%' if paper_empty else ''} | "
-            f"{', '.join(false_lesions.get(loss, []))} |"
-        )
-    return [*lines, ""]
 
 
 def bundle_results(results_csv: Path, measured_with: str) -> dict[str, dict]:
@@ -160,7 +105,6 @@ def publish(
         "",
         *[f"![{p}]({name}/{p})" for p in plots],
         "",
-        *paper_comparison_lines(study, dataset),
         report.replace("`validation_curves.png`", f"`{name}/validation_curves.png`"),
     ]
     page_path = docs / f"{name}.md"

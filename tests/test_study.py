@@ -376,6 +376,123 @@ def test_report_checks_the_dbce_claim_image_by_image(tmp_path):
     assert "### DBCE against" not in (tmp_path / "results.md").read_text()
 
 
+def write_curve(out: Path, bundle: str, seed: int, fold: int, values: list[float]) -> None:
+    """A run's validation Dice per epoch (epochs 1, 2, ...) in its TensorBoard log, as training writes it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "runs" / bundle / f"seed{seed}" / "logs" / f"fold{fold}")) as writer:
+        for epoch, value in enumerate(values, start=1):
+            writer.add_scalar("val_mean_dice", value, epoch)
+
+
+def write_ensemble(out: Path, bundle: str, seed: int, summary: dict, images: list[dict]) -> None:
+    evaluation = out / "runs" / bundle / f"seed{seed}" / "eval" / "ensemble"
+    evaluation.mkdir(parents=True)
+    (evaluation / "summary.json").write_text(json.dumps(summary))
+    with open(evaluation / "per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(images[0]))
+        writer.writeheader()
+        writer.writerows(images)
+
+
+def galdran_summary(dice_all: float, empty: float, fp_rate: float) -> dict:
+    return fake_summary(0.8, fp_rate, 0.1) | {
+        "dice_all": dice_all,
+        "predicted_empty_share": empty,
+        "num_lesion_free": 20,
+        "ideal_empty_share": 20 / 60,
+    }
+
+
+def galdran_section(out: Path) -> str:
+    return (out / "results.md").read_text().split("### Galdran et al.'s comparison, as he measured it")[1]
+
+
+def test_report_sets_galdran_figures_beside_the_five_fold_ensemble(tmp_path):
+    """Five folds with an ensemble: his test figures beside the ensemble's Dice over all images, paired tests of
+    the ensembles against CE, and the validation Dice of the last epoch as mean ± std over folds (ddof 0)."""
+    base = list(np.random.default_rng(2).uniform(0.6, 0.9, size=40))
+    last = {"ce": [0.80, 0.82, 0.84, 0.86, 0.88], "ce_dice": [0.85, 0.85, 0.86, 0.87, 0.87]}
+    for fold in range(1, 6):
+        for loss, free in (("ce", [i < 4 for i in range(20)]), ("ce_dice", [i < 8 for i in range(20)])):
+            summary = galdran_summary(0.70, 0.05, 0.2 if loss == "ce" else 0.4)
+            write_run(tmp_path, f"polyp_{loss}", 0, fold, summary, per_image(base, free))
+            value = last[loss][fold - 1]
+            write_curve(tmp_path, f"polyp_{loss}", 0, fold, [0.5, value + 0.01, value])  # best at epoch 2
+    # the ensembles: CE keeps 18 of 20 lesion-free images empty, CE + Dice 6 of them (CE's two included), and
+    # CE + Dice is 0.05 lower on every lesion image: Dice over all 60 images differs by (40 * -0.05 - 12) / 60
+    write_ensemble(
+        tmp_path,
+        "polyp_ce",
+        0,
+        galdran_summary(0.77, 0.30, 0.1) | {"folds": [1, 2, 3, 4, 5]},
+        per_image(base, [i < 2 for i in range(20)]),
+    )
+    write_ensemble(
+        tmp_path,
+        "polyp_ce_dice",
+        0,
+        galdran_summary(0.55, 0.10, 0.7) | {"folds": [1, 2, 3, 4, 5]},
+        per_image([v - 0.05 for v in base], [i < 14 for i in range(20)]),
+    )
+    write_report(tmp_path, ["polyp_ce", "polyp_ce_dice"], [1, 2, 3, 4, 5], status={}, settings={}, dataset="polyp")
+    section = galdran_section(tmp_path)
+    assert "test_polyps.ipynb" in section and "commit c6726e0b0ccf" in section
+    ensemble, single = section.split("#### Test set, single models (one per run)")
+    single, validation = single.split("#### In distribution")
+    assert "folds [1, 2, 3, 4, 5]. Each fold model" in ensemble and "(his: all five)" not in ensemble
+    assert "his test figures are of the five-fold ensemble; these rows are single models" not in section.lower()
+    # the ensemble rows beside his figures: Dice all, his, % predicted empty, his, Dice lesion, FP rate
+    assert "| ce | 1 | 77.00 | 87.333 | 30.00 | 6.364 | 80.00 | 2/20 |" in ensemble
+    assert "| ce_dice | 1 | 55.00 | 84.889 | 10.00 | 4.091 | 80.00 | 14/20 |" in ensemble
+    difference = -(40 * 0.05 + 12) / 60 * 100
+    row = next(line for line in ensemble.splitlines() if line.startswith("| Dice all images (points) | ce_dice |"))
+    assert f"| **{difference:+.1f} [" in row  # the interval excludes 0
+    assert "| lesion-free image predicted with a lesion | ce_dice | 14/20 | 2/20 | only this loss 12, only ce 0 |" in (
+        ensemble
+    )
+    assert "| Dice lesion (points) | ce_dice | " in ensemble and "**-5.0 [-5.0, -5.0]**" in ensemble
+    assert "Over all test images (fold ensembles), ce had the highest Dice (77.00) and ce put a false lesion" in (
+        ensemble
+    )
+    # the single models stay, beside his figures with the warning gone, and per run the false lesions
+    assert "| ce | 5 | 70.00 ± 0.00 | 87.333 | 5.00 ± 0.00 | 6.364 | 4/20, 4/20, 4/20, 4/20, 4/20 |" in single
+    assert "(single models), ce and ce_dice had the highest Dice (70.00) and ce put a false lesion" in single
+    assert "| Dice all images (points) | ce_dice | " in single  # the single models' paired tests stay
+    # in distribution: the last epoch's validation Dice, numpy's std over the five folds (ddof 0: 2.83, not 3.16)
+    assert "| ce | 5 | 3 | 84.00 ± 2.83 | 5 folds | 89.19 ± 1.18 | 85.00 ± 2.83 |" in validation
+    assert "| ce_dice | 5 | 3 | 86.00 ± 0.89 | 5 folds | 89.81 ± 1.16 | 87.00 ± 0.89 |" in validation
+    assert "ce_dice +2.00 (his +0.62)" in validation
+
+
+def test_report_galdran_section_without_ensemble_says_these_are_single_models(tmp_path):
+    """One fold, three seeds, no ensemble: the section says his test figures are of the ensemble, and the
+    validation spread is over seeds, not folds; without lesion-free test images there is no section."""
+    base = list(np.random.default_rng(3).uniform(0.6, 0.9, size=30))
+    for seed, value in enumerate((0.70, 0.72, 0.74)):
+        write_run(tmp_path, "polyp_ce", seed, 1, galdran_summary(0.7, 0.1, 0.2), per_image(base, [True, False]))
+        write_curve(tmp_path, "polyp_ce", seed, 1, [0.4, value])
+    write_report(tmp_path, ["polyp_ce"], [1], status={}, settings={}, dataset="polyp", seeds=[0, 1, 2])
+    section = galdran_section(tmp_path)
+    assert "**His test figures are of the five-fold ensemble; these rows are single models**" in section
+    assert "#### Test set, fold ensemble" not in section
+    assert "| ce | 3 | 70.00 ± 0.00 | 87.333 |" in section
+    assert "| ce | 3 | 2 | 72.00 ± 1.63 | 3 seeds of fold 1, not folds | 89.19 ± 1.18 |" in section
+
+    write_report(tmp_path, ["polyp_ce"], [1], status={}, settings={}, dataset="footulcer", seeds=[0, 1, 2])
+    section = galdran_section(tmp_path)
+    assert "none are set beside study `footulcer`" in section and "87.33" not in section
+    assert (
+        "| loss | runs | Dice all | predicted empty (%) | lesion-free images with a false lesion, per run |" in section
+    )
+    assert "| ce | 3 | 2 | 72.00 ± 1.63 | 3 seeds of fold 1, not folds | 72.00 ± 1.63 |" in section  # no column of his
+
+    lesion_only = tmp_path / "lesion_only"
+    write_run(lesion_only, "polyp_ce", 0, 1, galdran_summary(0.7, 0.1, 0.2), per_image(base, []))
+    write_report(lesion_only, ["polyp_ce"], [1], status={}, settings={}, dataset="polyp")
+    assert "Galdran et al.'s comparison" not in (lesion_only / "results.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def small_polyp_data(tmp_path_factory) -> Path:
     """13 frames of 32 px: a CE run's validation Dice peaks after a few epochs and falls (to 0 on this CPU)."""
@@ -549,7 +666,7 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     write_run(study, "polyp_ce", 0, 1, fake_summary(0.8, 0.1, 0.1) | lesion_free, per_image([0.7, 0.8], [False, True]))
     write_run(study, "polyp_dice", 0, 1, fake_summary(0.7, 0.9, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
     write_run(study, "polyp_dice", 1, 1, fake_summary(0.7, 0.8, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
-    write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="unit", seeds=[0, 1])
+    write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="polyp", seeds=[0, 1])
     (study / "examples.png").write_bytes(b"an image of the data")
     page = publish(
         str(study), "polyp", "polyp_unit", "CPU reduced scale", "a 2-core CPU", "python x", "1 min",
@@ -564,10 +681,12 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     assert (published / "dice_vs_lesion_free_fp.png").is_file() and not (published / "examples.png").exists()
     text = page.read_text()
     assert "`python x`" in text and "a 2-core CPU" in text and "### Paired differences to ce" in text
-    # next to Galdran's numbers: mean Dice and share predicted empty, false lesions per run
-    assert "| ce | 80.0 | 87.33 | 1.0% | 6.36% | 1/10 |" in text
-    assert "| dice | 70.0 | 81.91 | 8.5% | 1.82% | 9/10, 8/10 |" in text
+    # Galdran's figures come with the report, beside Dice over all images and the share predicted empty
+    assert text.count("### Galdran et al.'s comparison, as he measured it") == 1
+    assert "| ce | 1 | 80.00 | 87.333 | 1.00 | 6.364 | 1/10 |" in text
+    assert "| dice | 2 | 70.00 ± 0.00 | 81.914 | 8.50 ± 0.71 | 1.818 | 9/10, 8/10 |" in text
     results = json.loads((tmp_path / "results" / "polyp.json").read_text())
     assert results["dice"]["dice_lesion"] == "0.700" and results["dice"]["lesion_free_fp_rate"] == "0.850"
+    assert results["dice"]["dice_all"] == "0.700"  # Galdran's test measure
     assert results["ce"]["measured_with"] == "CPU reduced scale; a 2-core CPU; docs/results/polyp_unit.md"
     assert bundle_results(study / "results.csv", "x")["ce"]["runs"] == 1

@@ -199,7 +199,17 @@ def results_table(spec: DatasetSpec, loss_name: str, results: dict | None) -> st
             "`scripts/publish_results.py`)."
         )
     rows = "\n".join(f"| {key} | {value} |" for key, value in results.items() if key != "measured_with")
-    return f"Measured with: {results.get('measured_with', 'unknown')}\n\n| metric | value |\n|---|---|\n{rows}"
+    table = f"Measured with: {results.get('measured_with', 'unknown')}\n\n| metric | value |\n|---|---|\n{rows}"
+    if "dice_all" not in results:
+        return table
+    return (
+        f"{table}\n\nMeans over single models (one per run). `dice_all` is the Dice over all test images, a "
+        "lesion-free image scoring 1 if predicted empty and 0 otherwise: the measure of Galdran et al.'s test "
+        "figures, which are of five-fold ensembles at full scale; `dice_lesion`, over the lesion images only, is "
+        "not comparable with them. The page named above compares in his measures in its section "
+        '"Galdran et al.\'s comparison, as he measured it", beside his figures where they are of the same data '
+        "(the polyps)."
+    )
 
 
 def index_readme(specs: list[DatasetSpec] | None = None, results_dir: Path = RESULTS_DIR) -> str:

@@ -390,3 +390,52 @@ def claim_lines(
         "",
     ]
     return lines
+
+
+# Galdran et al.'s own figures (arXiv 2209.06078), the one place this repository keeps them. Per dataset:
+# where they were read, how he measured them, and per loss ``test_dice_all`` and ``test_predicted_empty``
+# (% of test images; the five-fold ensemble on the test set) and ``cv_dice`` / ``cv_std`` (the
+# cross-validation Dice: mean and numpy std, ddof 0, over the five folds of each fold model's validation
+# Dice). Only the polyp data has them: his foot-ulcer experiments are on DFUC 2022, not on FUSeg.
+GALDRAN_2022 = {
+    "polyp": {
+        "source": "Galdran, Carneiro, Gonzalez Ballester, DFUC 2022 (arXiv 2209.06078); the figures as printed "
+        "by `test_polyps.ipynb` of github.com/agaldran/lesion_losses_ood (commit c6726e0b0ccf, cell "
+        '"Resnet18": `fpnet_resnet18_W`), the training in its `train_losses.py`',
+        "setting": "FPN-ResNet18 in a two-network cascade, ImageNet-pretrained, 480x640 inputs, NAdam 3e-4 with "
+        "per-iteration cosine annealing over 12 epochs, batch 8; trained on the five Kvasir-SEG folds, tested on "
+        "EndoTect (200 polyp and 20 lesion-free images)",
+        "test": "Dice over all 220 test images (a lesion-free image scores 1 if predicted empty, else 0) and the "
+        "share of them predicted empty, both of the five fold models' mean probability thresholded at 0.5, "
+        "each fold model at its last epoch (`evaluate_test_preds`)",
+        "cv": "each fold model's validation Dice at the last epoch (`val_metrics.txt`), mean and std over the "
+        "five folds (`print_cv_results`: numpy's std, ddof 0)",
+        "losses": {
+            "ce": {"test_dice_all": 87.333, "test_predicted_empty": 6.364, "cv_dice": 89.19, "cv_std": 1.18},
+            "dice": {"test_dice_all": 81.914, "test_predicted_empty": 1.818, "cv_dice": 88.83, "cv_std": 1.04},
+            "ce_finetune_dice": {
+                "test_dice_all": 86.616,
+                "test_predicted_empty": 5.909,
+                "cv_dice": 89.06,
+                "cv_std": 1.30,
+            },
+            "ce_linear_dice": {
+                "test_dice_all": 86.939,
+                "test_predicted_empty": 5.455,
+                "cv_dice": 89.76,
+                "cv_std": 1.12,
+            },
+            "ce_dice": {"test_dice_all": 84.889, "test_predicted_empty": 4.091, "cv_dice": 89.81, "cv_std": 1.16},
+        },
+    },
+}
+
+# Galdran's test measure, per image: Dice over all test images with his convention (the per-image CSV's
+# ``dice`` already scores a lesion-free image 1 if predicted empty, else 0)
+DICE_ALL = PairedMetric("dice_all", "Dice all images", lambda r: _number(r["dice"]), "all", 100, "points")
+# the paired tests of his comparison: Dice over all images, on lesion images, and the lesion-free images
+GALDRAN_PAIRED = [DICE_ALL] + [
+    m
+    for m in LESION_PAIRED
+    if m.key in ("dice_lesion", "lesion_free_fp_area", "lesion_free_with_lesion", "lesion_missed")
+]

@@ -19,9 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from custom_losses.atomic import write_csv_atomic, write_text_atomic
+from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
 from custom_losses.conventions import lesion_pixels  # noqa: E402
 from lesion_study.study.comparison import (  # noqa: E402
+    GALDRAN_2022,
+    GALDRAN_PAIRED,
     HEADLINE,
     HEADLINE_VOLUME,
     LESION_PAIRED,
@@ -31,6 +33,8 @@ from lesion_study.study.comparison import (  # noqa: E402
     claim_lines,
     compare,
     csv_columns,
+    format_difference,
+    format_p,
     image_means,
     markdown,
     per_image_values,
@@ -365,16 +369,26 @@ def convergence_verdict(result: dict) -> str:
     return "**no**: still rising"
 
 
-def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> dict[str, list]:
-    """Every run's (label, validation curve) per loss."""
+def run_curves(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> dict[str, list]:
+    """Every run's (seed, fold, validation curve) per loss."""
     curves: dict[str, list] = {}
     for name in names:
         for seed in seeds:
             for fold in folds:
                 curve = validation_curve(run_path(out, name, seed), fold)
                 if curve:
-                    curves.setdefault(loss_of(name), []).append((f"seed {seed} fold {fold}", curve))
+                    curves.setdefault(loss_of(name), []).append((seed, fold, curve))
     return curves
+
+
+def labelled_curves(by_run: dict[str, list]) -> dict[str, list]:
+    """``run_curves``' runs as (label, curve) per loss."""
+    return {loss: [(f"seed {s} fold {f}", c) for s, f, c in runs] for loss, runs in by_run.items()}
+
+
+def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list[int]) -> dict[str, list]:
+    """Every run's (label, validation curve) per loss."""
+    return labelled_curves(run_curves(out, names, folds, seeds))
 
 
 def convergence_lines(curves: dict[str, list]) -> list[str]:
@@ -486,6 +500,275 @@ def plot_examples(out: Path, names: list[str], fold: int, seed: int) -> None:
     plt.close(fig)
 
 
+def ensemble_csvs(out: Path, bundle: str, seeds: list[int]) -> list[Path]:
+    """The per-image CSVs of a bundle's fold-ensemble evaluations (one per seed)."""
+    paths = [run_path(out, bundle, seed) / "eval" / "ensemble" / "per_image.csv" for seed in seeds]
+    return [p for p in paths if p.is_file()]
+
+
+def last_validation(by_run: dict[str, list]) -> dict[str, list[dict]]:
+    """Per loss and run: the validation Dice of the last validated epoch (Galdran's), and the best one."""
+    return {
+        loss: [
+            {"seed": seed, "fold": fold, "epoch": curve[-1][0], "value": curve[-1][1], "best": max(v for _, v in curve)}
+            for seed, fold, curve in runs
+        ]
+        for loss, runs in by_run.items()
+    }
+
+
+def fold_spread(entries: list[dict], key: str = "value") -> tuple[float, float | None, str]:
+    """Mean and std (numpy's, ddof 0, as Galdran's ``print_cv_results``) over folds of ``key``, each fold's
+    value first averaged over its seeds; with one fold, over its seeds; and what the spread is over."""
+    by_fold: dict[int, list[float]] = {}
+    for entry in entries:
+        by_fold.setdefault(entry["fold"], []).append(entry[key])
+    if len(by_fold) > 1:
+        means = [statistics.fmean(values) for _, values in sorted(by_fold.items())]
+        per_fold = max(len(values) for values in by_fold.values())
+        seeds = f", each fold the mean of its {per_fold} seeds" if per_fold > 1 else ""
+        return statistics.fmean(means), statistics.pstdev(means), f"{len(means)} folds{seeds}"
+    ((fold, values),) = by_fold.items()
+    if len(values) > 1:
+        return statistics.fmean(values), statistics.pstdev(values), f"{len(values)} seeds of fold {fold}, not folds"
+    return values[0], None, f"one run (fold {fold})"
+
+
+def _points(mean: float | None, std: float | None = None, digits: int = 2) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.{digits}f}" + ("" if std is None else f" ± {100 * std:.{digits}f}")
+
+
+def _false_lesions(summary: dict) -> str:
+    rate, count = summary.get("lesion_free_fp_rate"), summary.get("num_lesion_free")
+    return "" if rate is None or not count else f"{round(rate * count)}/{count}"
+
+
+def _paired_table(results: list[dict], reference: str) -> list[str]:
+    """One table of paired tests against ``reference``: mean differences (bootstrap interval, Wilcoxon) and
+    image-level outcomes (discordant images, exact McNemar), Holm-corrected per metric over the losses."""
+    lines = [
+        f"| metric | loss | this loss | {reference} | difference to {reference} [95% CI], or images only under one "
+        "| p | Holm p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        metric = r["metric"]
+        if metric.binary:
+            lines.append(
+                f"| {metric.title} | {r['loss']} | {r['count']}/{r['n']} | {r['reference_count']}/{r['n']} | "
+                f"only this loss {r['only_this']}, only {reference} {r['only_reference']} | {format_p(r['p'])} "
+                f"(McNemar) | {format_p(r['p_holm'])} |"
+            )
+        else:
+            lines.append(
+                f"| {metric.title} ({metric.unit}) | {r['loss']} | {metric.scale * r['mean']:.2f} | "
+                f"{metric.scale * r['reference_mean']:.2f} | {format_difference(r)} | {format_p(r['p'])} | "
+                f"{format_p(r['p_holm'])} |"
+            )
+    return lines + [
+        "",
+        "Per test image: each image's value averaged over a loss's runs (outcomes: in at least half of them), "
+        f"then loss minus {reference} over the images; Dice all images is over all test images with Galdran's "
+        "convention, Dice lesion over the images with a lesion, FP area over the lesion-free ones. 95% BCa "
+        "bootstrap interval (paired, 9999 resamples, seed 0; bold: it excludes 0) and Wilcoxon signed-rank p; "
+        "image counts: exact McNemar p on the discordant images. Holm over the losses compared, per metric.",
+        "",
+    ]
+
+
+def _test_rows(records: list[dict], kind: str, paper: dict, per_run: bool) -> list[str]:
+    """Rows of Galdran's test measures (Dice over all images, share predicted empty) for ``kind`` records."""
+    lines = []
+    for record in (r for r in records if r["kind"] == kind):
+        theirs = paper.get(record["loss"], {})
+        dice_all = mean_std(_values(record, "dice_all"))
+        empty = mean_std(_values(record, "predicted_empty_share"))
+        std = (lambda pair: pair[1]) if len(record["summaries"]) > 1 else (lambda pair: None)
+        cells = [
+            record["loss"],
+            str(len(record["summaries"])),
+            _points(dice_all[0], std(dice_all)),
+            f"{theirs['test_dice_all']:.3f}" if theirs else "",
+            _points(empty[0], std(empty)),
+            f"{theirs['test_predicted_empty']:.3f}" if theirs else "",
+        ]
+        if not per_run:
+            cells.append(_points(mean_std(_values(record, "dice_lesion"))[0]))
+        cells.append(", ".join(filter(None, (_false_lesions(s) for s in record["summaries"]))))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _claim_b_sentence(records: list[dict], kind: str, what: str) -> str:
+    """Who had the highest Dice over all images and the fewest lesion-free images with a false lesion."""
+    means = {
+        r["loss"]: (mean_std(_values(r, "dice_all"))[0], mean_std(_values(r, "lesion_free_fp_rate"))[0])
+        for r in records
+        if r["kind"] == kind
+    }
+    dice = [m[0] for m in means.values() if m[0] is not None]
+    fp_rate = [m[1] for m in means.values() if m[1] is not None]
+    if not dice or not fp_rate:
+        return ""
+    most, fewest = max(dice), min(fp_rate)
+    top = [loss for loss, m in means.items() if m[0] is not None and math.isclose(m[0], most)]
+    quiet = [loss for loss, m in means.items() if m[1] is not None and math.isclose(m[1], fewest)]
+    return (
+        f"Over all test images ({what}), {' and '.join(top)} had the highest Dice ({100 * most:.2f}) and "
+        f"{' and '.join(quiet)} put a false lesion on the fewest lesion-free images ({fewest:.0%}); "
+        "Galdran's claim is that CE does both. Which differences exceed the noise: the paired tests."
+    )
+
+
+def galdran_lines(
+    dataset: str,
+    records: list[dict],
+    runs_by_loss: dict[str, dict[str, list[dict]]],
+    ensembles_by_loss: dict[str, dict[str, list[dict]]],
+    validation: dict[str, list[dict]],
+    reference: str = "ce",
+) -> list[str]:
+    """Galdran et al.'s comparison as he measured it, for a study whose test set has lesion-free images:
+    Dice over all test images and the share predicted empty, of the fold ensemble when there is one (his
+    figures are of the five-fold ensemble) and of the single models, each with paired tests against
+    ``reference``; the validation Dice at the last epoch, mean ± std over folds, beside his
+    cross-validation Dice. His figures come from ``GALDRAN_2022`` (polyp data only)."""
+    lesion_free = any(rows[0].get("lesion_free") == "True" for by in runs_by_loss.values() for rows in by.values())
+    if not lesion_free:
+        return []
+    published = GALDRAN_2022.get(dataset)
+    paper = published["losses"] if published else {}
+    lines = ["### Galdran et al.'s comparison, as he measured it", ""]
+    if published:
+        lines += [
+            f"His figures: {published['source']}. His setting: {published['setting']}. His test figures: "
+            f"{published['test']}. His in-distribution figures: {published['cv']}.",
+            "",
+        ]
+    else:
+        lines += [
+            "Galdran et al.'s own figures (arXiv 2209.06078; `GALDRAN_2022` in scripts/study_comparison.py) are "
+            f"of the polyp data (EndoTect test set); none are set beside study `{dataset}`: the tables give its "
+            "figures in his measures.",
+            "",
+        ]
+    ideal = next((s["ideal_empty_share"] for r in records for s in r["summaries"] if "ideal_empty_share" in s), None)
+    ideal_text = f" (ideal {100 * ideal:.2f}%: the share of lesion-free test images)" if ideal is not None else ""
+    lines += [
+        f"Dice all: mean Dice over all test images, a lesion-free image scoring 1 if predicted empty, else 0 (the "
+        f'report\'s `dice_all`, his "Dice with OoD data"), in points; predicted empty: % of all test images '
+        f"predicted without any lesion{ideal_text}.",
+        "",
+    ]
+    ensemble_records = [r for r in records if r["kind"] == "ensemble"]
+    if ensemble_records:
+        folds = sorted({tuple(s.get("folds", ())) for r in ensemble_records for s in r["summaries"]})
+        fold_text = ", ".join(str(list(f)) for f in folds if f) or "not recorded"
+        lines += [
+            "#### Test set, fold ensemble: the rows to set beside his test table",
+            "",
+            f"Mean probability of the fold models, thresholded at 0.5 (the study's `--ensemble=True` evaluation, "
+            f"`eval/ensemble/`); folds {fold_text}"
+            + ("" if folds == [(1, 2, 3, 4, 5)] else " (his: all five)")
+            + ". Each fold model is the one the ensemble loads, `models/fold<k>/model.pt` (the bundles' "
+            "best-validation checkpoint; his: the last epoch). One ensemble per seed; ± is the sample std over "
+            "seeds.",
+            "",
+            "| loss | seeds | Dice all | Galdran | predicted empty (%) | Galdran | Dice lesion | lesion-free images "
+            "with a false lesion, per seed |",
+            "|---|---|---|---|---|---|---|---|",
+            *_test_rows(records, "ensemble", paper, per_run=False),
+            "",
+            'Every other test figure of the ensembles: the table "Fold ensemble (mean probability)" above.',
+            "",
+        ]
+        if reference in ensembles_by_loss and len(ensembles_by_loss) > 1:
+            lines += [f"Fold ensembles against {reference}, image by image:", ""]
+            lines += _paired_table(compare(ensembles_by_loss, reference, GALDRAN_PAIRED), reference)
+        sentence = _claim_b_sentence(records, "ensemble", "fold ensembles")
+        lines += [sentence, ""] if sentence else []
+    lines += ["#### Test set, single models (one per run)", ""]
+    if not ensemble_records:
+        lines += [
+            "**His test figures are of the five-fold ensemble; these rows are single models** (one model per run, "
+            "not an ensemble), so they are not the same measurement as his test table: with all five folds, "
+            "`--ensemble=True` adds the ensemble rows to set beside it.",
+            "",
+        ]
+    lines += [
+        "| loss | runs | Dice all | Galdran (ensemble) | predicted empty (%) | Galdran (ensemble) | lesion-free "
+        "images with a false lesion, per run |",
+        "|---|---|---|---|---|---|---|",
+        *_test_rows(records, "runs", paper, per_run=True),
+        "",
+        "Means over the runs (folds x seeds), ± their sample std.",
+        "",
+    ]
+    if reference in runs_by_loss and len(runs_by_loss) > 1:
+        lines += [f"Single models against {reference}, image by image:", ""]
+        lines += _paired_table(compare(runs_by_loss, reference, GALDRAN_PAIRED), reference)
+    sentence = _claim_b_sentence(records, "runs", "single models")
+    lines += [sentence, ""] if sentence else []
+    if validation:
+        lines += [
+            "#### In distribution: validation Dice at the last epoch, beside his cross-validation Dice",
+            "",
+            "Each run's validation Dice (`val_mean_dice`: per-image Dice at threshold 0.5, mean over its validation "
+            "fold) at its last validated epoch, as his `val_metrics.txt`; mean ± std over folds (numpy's std, "
+            "ddof 0, as his `print_cv_results`), each fold first averaged over its seeds. With one fold the spread "
+            "is over its seeds, and the table says so. Best epoch: the curve's highest value (the bundles keep "
+            "the best validation epoch as `model.pt`, CE then Dice the best of its Dice epochs).",
+            "",
+            "| loss | runs | last epoch | validation Dice, last epoch | spread over | Galdran, 5-fold CV | "
+            "validation Dice, best epoch |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for loss, entries in validation.items():
+            mean, std, over = fold_spread(entries)
+            best, best_std, _ = fold_spread(entries, "best")
+            epochs = sorted({e["epoch"] for e in entries})
+            theirs = paper.get(loss)
+            cv = f"{theirs['cv_dice']:.2f} ± {theirs['cv_std']:.2f}" if theirs else ""
+            lines.append(
+                f"| {loss} | {len(entries)} | {', '.join(map(str, epochs))} | {_points(mean, std)} | {over} | "
+                f"{cv} | {_points(best, best_std)} |"
+            )
+        lines.append("")
+        if reference in validation:
+            ours = fold_spread(validation[reference])[0]
+            mixes = [m for m in ("ce_dice", "ce_linear_dice", "ce_finetune_dice") if m in validation]
+            if mixes:
+                parts = []
+                for mix in mixes:
+                    text = f"{mix} {100 * (fold_spread(validation[mix])[0] - ours):+.2f}"
+                    if reference in paper and mix in paper:
+                        text += f" (his {paper[mix]['cv_dice'] - paper[reference]['cv_dice']:+.2f})"
+                    parts.append(text)
+                lines += [
+                    f"Mixes minus {reference}, validation Dice at the last epoch (points): {', '.join(parts)}. "
+                    "Galdran's claim in distribution: the mixes are level with or above CE.",
+                    "",
+                ]
+    return lines if paper else _drop_columns(lines, "Galdran")
+
+
+def _drop_columns(lines: list[str], prefix: str) -> list[str]:
+    """The markdown lines with every table column whose header starts with ``prefix`` left out."""
+    kept, drop = [], set()
+    for index, line in enumerate(lines):
+        if not line.startswith("|"):
+            drop = set()
+            kept.append(line)
+            continue
+        cells = line.strip("|").split("|")
+        if index == 0 or not lines[index - 1].startswith("|"):  # a table's header
+            drop = {i for i, cell in enumerate(cells) if cell.strip().startswith(prefix)}
+        kept.append("|" + "|".join(c for i, c in enumerate(cells) if i not in drop) + "|")
+    return kept
+
+
 def _listed(settings: dict) -> str:
     return ", ".join(f"`{k}={v}`" for k, v in sorted(settings.items()))
 
@@ -562,7 +845,8 @@ def write_report(
         lines.append("")
     rows, table_lines = run_tables(records, metrics)
     lines += table_lines
-    curves = validation_curves(out, names, folds, seeds)
+    by_run = run_curves(out, names, folds, seeds)
+    curves = labelled_curves(by_run)
     lines += convergence_lines(curves)
 
     comparison: list[dict] = []
@@ -575,6 +859,9 @@ def write_report(
     elif runs_by_loss and reference not in runs_by_loss:
         lines += [f"No paired comparison: the reference loss {reference!r} has no evaluated run here.", ""]
     lines += claim_lines(runs_by_loss, paired, HEADLINE_VOLUME if volumes else HEADLINE)
+    if not volumes:
+        ensembles_by_loss = {loss_of(n): read_runs(p) for n in names if (p := ensemble_csvs(out, n, seeds))}
+        lines += galdran_lines(dataset, records, runs_by_loss, ensembles_by_loss, last_validation(by_run), reference)
 
     paired_by_loss, paired_fields = csv_columns(comparison)
     for row in rows:
