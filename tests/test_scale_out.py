@@ -39,8 +39,8 @@ def test_parallel_runs_one_per_gpu_and_go_on_after_a_failure(tmp_path, capsys):
     jobs = [fake_job(tmp_path, f"run{i}", show_gpu) for i in range(4)]
     jobs.insert(1, fake_job(tmp_path, "broken", "print('error: broken.json: no such loss'); raise SystemExit(1)"))
     status = run_parallel(jobs, started=0.0, max_parallel=2, gpus=[3, 5])
-    assert status["broken"]["status"] == "failed (exit 1): error: broken.json: no such loss"
-    assert all(status[f"run{i}"]["status"] == "ok" for i in range(4))
+    assert status["broken"].text == "failed (exit 1): error: broken.json: no such loss"
+    assert all(status[f"run{i}"].text == "ok" for i in range(4))
     seen = [(tmp_path / f"run{i}.log").read_text().split()[-1] for i in range(4)]
     assert set(seen) <= {"3", "5"} and len(set(seen)) == 2  # both GPUs used, each run sees one
     printed = capsys.readouterr().out
@@ -51,8 +51,8 @@ def test_submitit_array_reports_each_job_and_can_return_at_once(tmp_path, capsys
     jobs = [fake_job(tmp_path, "good", "print('fine')")]
     jobs.append(fake_job(tmp_path, "bad", "print('error: bad.json: no such loss'); raise SystemExit(2)"))
     status = submit_array(jobs, tmp_path / "array", "local", SlurmOptions(), wait_for_jobs=True, started=0.0)
-    assert status["good"] == {"status": "ok"}
-    assert status["bad"]["status"].startswith("failed (job ") and status["bad"]["status"].endswith(
+    assert status["good"].record() == {"status": "ok"}
+    assert status["bad"].text.startswith("failed (job ") and status["bad"].text.endswith(
         ": error: bad.json: no such loss"
     )
     assert (tmp_path / "good.log").read_text() == "fine\n"  # the run's output in its own log

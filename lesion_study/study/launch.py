@@ -5,6 +5,7 @@ the others go on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +31,49 @@ LOG_POLL_S = 0.2
 
 class LaunchError(ValueError):
     """Launch options that cannot work: the message says which and why."""
+
+
+class RunState(Enum):
+    OK = "ok"
+    EARLIER = "ok (an earlier command)"
+    SKIPPED = "skipped (finished earlier)"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """How a run ended; ``text`` is what study.json and the report show (``failed (exit 1): error: ...``)."""
+
+    state: RunState
+    how: str = ""  # a failure's exit status or job state, e.g. "exit 1"
+    reason: str = ""  # a failure's last error line
+    seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (RunState.OK, RunState.EARLIER)
+
+    @property
+    def failed(self) -> bool:
+        return self.state is RunState.FAILED
+
+    @property
+    def text(self) -> str:
+        if not self.failed:
+            return self.state.value
+        return f"failed ({self.how})" + (f": {self.reason}" if self.reason else "")
+
+    def record(self) -> dict:
+        return {"status": self.text} | ({} if self.seconds is None else {"seconds": self.seconds})
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunStatus:
+        text, seconds = record.get("status", ""), record.get("seconds")
+        for state in (RunState.EARLIER, RunState.SKIPPED, RunState.OK):
+            if text == state.value:
+                return cls(state, seconds=seconds)
+        how, _, reason = text.removeprefix("failed (").partition(": ")
+        return cls(RunState.FAILED, how.removesuffix(")"), reason, seconds)
 
 
 @dataclass
@@ -46,10 +91,10 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def outcome(code: int, error_line: str) -> str:
+def outcome(code: int, error_line: str, seconds: float | None = None) -> RunStatus:
     if code == 0:
-        return "ok"
-    return f"failed (exit {code})" + (f": {error_line}" if error_line else "")
+        return RunStatus(RunState.OK, seconds=seconds)
+    return RunStatus(RunState.FAILED, f"exit {code}", error_line, seconds)
 
 
 def last_error_line(log: Path) -> str:
@@ -156,14 +201,14 @@ def run_child(
     return child.returncode, last_error
 
 
-def run_sequential(jobs: Sequence[Job], started: float) -> dict[str, dict]:
+def run_sequential(jobs: Sequence[Job], started: float) -> dict[str, RunStatus]:
     status = {}
     for index, job in enumerate(jobs):
         print(f"{job.label}: running (log: {job.log})", flush=True)
         run_start = time.time()
         code, error_line = run_child(job, started, len(jobs) - index - 1)
-        status[job.key] = {"status": outcome(code, error_line), "seconds": round(time.time() - run_start, 1)}
-        print(f"{job.label}: {status[job.key]['status']} in {format_seconds(status[job.key]['seconds'])}", flush=True)
+        status[job.key] = outcome(code, error_line, round(time.time() - run_start, 1))
+        print(f"{job.label}: {status[job.key].text} in {format_seconds(status[job.key].seconds)}", flush=True)
     return status
 
 
@@ -173,7 +218,7 @@ def threads_per_run(max_parallel: int) -> int:
 
 def run_parallel(
     jobs: Sequence[Job], started: float, max_parallel: int, gpus: Sequence[int] | None = None
-) -> dict[str, dict]:
+) -> dict[str, RunStatus]:
     """Up to ``max_parallel`` runs at a time (one per GPU of ``gpus``, each seeing only its own through
     ``CUDA_VISIBLE_DEVICES``; CPU runs share the cores through ``OMP_NUM_THREADS`` unless it is set).
     Prints one line per finished run and a summary line per minute."""
@@ -182,7 +227,7 @@ def run_parallel(
         free_gpus.put(gpu)
     progress: dict[str, str] = {}
     lock = threading.Lock()
-    status: dict[str, dict] = {}
+    status: dict[str, RunStatus] = {}
 
     def on_epoch(key: str, epoch: int, epochs: int, done: float) -> None:
         with lock:
@@ -219,8 +264,8 @@ def run_parallel(
                     code, error_line, seconds = future.result()
                 except OSError as error:  # the child could not start
                     code, error_line, seconds = 1, f"error: {error}", 0.0
-                status[job.key] = {"status": outcome(code, error_line), "seconds": seconds}
-                print(f"{job.label}: {status[job.key]['status']} in {format_seconds(seconds)}", flush=True)
+                status[job.key] = outcome(code, error_line, seconds)
+                print(f"{job.label}: {status[job.key].text} in {format_seconds(seconds)}", flush=True)
             if pending and not finished:
                 with lock:
                     running = ", ".join(f"{key} {state}" for key, state in sorted(progress.items()))
@@ -247,7 +292,7 @@ class SlurmOptions:
 
 def submit_array(
     jobs: Sequence[Job], folder: Path, cluster: str, options: SlurmOptions, wait_for_jobs: bool, started: float
-) -> dict[str, dict] | None:
+) -> dict[str, RunStatus] | None:
     """Submit every run as one job of a submitit job array (``cluster``: ``slurm``, or ``local`` for
     submitit's local executor, the same code path without SLURM). With ``wait_for_jobs`` it waits and
     returns each run's status; otherwise it writes ``FOLDER/jobs.json`` and returns None."""
@@ -283,7 +328,7 @@ def submit_array(
     print(f"submitted {len(jobs)} run(s) as {cluster} job(s) {first_last}; ids in {folder / 'jobs.json'}", flush=True)
     if not wait_for_jobs:
         return None
-    status: dict[str, dict] = {}
+    status: dict[str, RunStatus] = {}
     pending = {job.key: (job, array_job) for job, array_job in zip(jobs, submitted, strict=True)}
     last_summary = time.time()
     while pending:
@@ -293,13 +338,11 @@ def submit_array(
             del pending[key]
             try:
                 array_job.result()
-                state = "ok"
+                status[job.key] = RunStatus(RunState.OK)
             except Exception:  # submitit raises the job's failure (FailedJobError, UncompletedJobError...)
-                state = f"failed (job {array_job.job_id}, {array_job.state})"
-                error_line = last_error_line(job.log)
-                state += f": {error_line}" if error_line else ""
-            status[job.key] = {"status": state}
-            print(f"{job.label}: {state}", flush=True)
+                how = f"job {array_job.job_id}, {array_job.state}"
+                status[job.key] = RunStatus(RunState.FAILED, how, last_error_line(job.log))
+            print(f"{job.label}: {status[job.key].text}", flush=True)
         if pending:
             if time.time() - last_summary >= SUMMARY_INTERVAL_S:
                 print(
@@ -344,3 +387,28 @@ def check_cuda(device: str | None, gpus: Sequence[int] | None) -> None:
     index = torch.device(device).index if device else None
     if index is not None and index >= torch.cuda.device_count():
         raise LaunchError(f"{asked}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def launch_jobs(
+    jobs: Sequence[Job],
+    launcher: str,
+    parallel: int,
+    gpus: Sequence[int] | None,
+    slurm: SlurmOptions,
+    slurm_dir: Path,
+    wait_for_jobs: bool,
+    started: float,
+) -> dict[str, RunStatus] | None:
+    """Run the jobs here (one after another, or ``parallel`` at a time, one per GPU with ``gpus``) or as a
+    job array (``slurm``, ``submitit_local``); ``None`` when submitted without waiting."""
+    if launcher != "local":
+        if not jobs:
+            return {}
+        at_once = parallel if parallel > 1 else SlurmOptions.array_parallelism
+        options = dataclasses.replace(slurm, array_parallelism=at_once)
+        return submit_array(
+            jobs, slurm_dir, "slurm" if launcher == "slurm" else "local", options, wait_for_jobs, started
+        )
+    if parallel > 1 and len(jobs) > 1:
+        return run_parallel(jobs, started, parallel, gpus)
+    return run_sequential(jobs, started)

@@ -1,4 +1,13 @@
-"""Where a study keeps its runs (no heavy imports: the runner needs it without matplotlib or SciPy)."""
+"""Where a study keeps its runs, and what says a stage is done (no heavy imports: the runner needs it
+without matplotlib or SciPy).
+
+    STUDY/study.json                                   what the last study command ran (dataset, settings, statuses)
+    STUDY/runs/<bundle>/seed<s>/fold<k>.log            a run's console output
+    STUDY/runs/<bundle>/seed<s>/fold<k>_settings.json  the bundle overrides it was trained with
+    STUDY/runs/<bundle>/seed<s>/models/fold<k>/        checkpoints; model_final.pt says training is done
+    STUDY/runs/<bundle>/seed<s>/eval/fold<k>/          summary.json (evaluation done) and the per-image CSV
+    STUDY/runs/<bundle>/seed<s>/eval/ensemble/         the fold ensemble's evaluation
+"""
 
 from __future__ import annotations
 
@@ -42,3 +51,32 @@ def read_settings(run_dir: Path, fold: int | str) -> dict | None:
     if not isinstance(settings, dict):
         raise ReportInputError(f"{path}: 'settings' is not an object")
     return settings
+
+
+STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
+
+
+def stage_marker(run_dir: Path, fold: int | str, stage: str) -> Path:
+    """The file whose presence says a run's stage has finished."""
+    if stage == "train":
+        return run_dir / "models" / f"fold{fold}" / "model_final.pt"
+    if stage == "evaluate":
+        return run_dir / "eval" / f"fold{fold}" / "summary.json"
+    if stage == "examples":
+        return run_dir / "examples" / f"fold{fold}" / "done"
+    raise ValueError(stage)
+
+
+def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
+    return stage_marker(run_dir, fold, stage).is_file()
+
+
+def read_study_record(out: Path) -> dict:
+    """The last study command's dataset, bundles, settings and run statuses (empty before the first)."""
+    path = out / STUDY_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ReportInputError(f"{path} is not valid JSON: {error}") from None
