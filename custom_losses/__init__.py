@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, errors, handlers, inference, metrics, networks, precision, settings
+from . import augment, data, errors, handlers, inference, label_uncertainty, metrics, networks, precision, settings
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -34,6 +34,7 @@ __all__ = [
     "finetune_alpha",
     "handlers",
     "inference",
+    "label_uncertainty",
     "linear_alpha",
     "metrics",
     "networks",
