@@ -608,6 +608,9 @@ def study(
     try:
         from custom_losses.atomic import write_text_atomic
         from scripts.study_report import write_report
+
+        if volumes:
+            write_law_theory(out, data_path, folds, settings, bundles_root / names[0])
     except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
         print(
             f"report skipped: {error.name} is not installed; the runs are complete, build the report with "
@@ -629,6 +632,27 @@ def study(
         if len(reasons) == 1:  # the same input error everywhere: its one line last
             print(reasons.pop(), file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_law_theory(out: Path, data_dir: Path, folds: list[int], settings: dict, bundle: Path) -> None:
+    """``OUT/label_law_theory.json`` for a 3D study: each loss's minimiser under the study's label law
+    (``label_uncertainty_width``, default 0) on the held-out volumes (scripts/volume_bias_study.py
+    label_law), for the report; kept when it is of the same width, folds and grid. A volume it cannot use
+    leaves the report without it, with one line saying why."""
+    from scripts.study_report import LAW_THEORY_FILE
+    from scripts.volume_bias_study import label_law_theory, write_label_law_theory
+
+    width = float(settings.get("label_uncertainty_width", 0))
+    grid = settings.get("spatial_size") or read_json(bundle / "configs" / "train.json")["spatial_size"]
+    path = out / LAW_THEORY_FILE
+    earlier = read_json(path) if path.is_file() else {}
+    if (earlier.get("width"), earlier.get("folds"), earlier.get("spatial_size")) == (width, folds, list(grid)):
+        return
+    print(f"theory: each loss's minimiser under the label law of width {width:g} -> {path}", flush=True)
+    try:
+        write_label_law_theory(path, label_law_theory(data_dir, width, folds, grid))
+    except ValueError as error:  # custom_losses InputError included
+        print(f"theory skipped: {error}", flush=True)
 
 
 def report(output_dir: str, reference: str = "ce") -> None:

@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 
 from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
 from custom_losses.comparison import mean_ci  # noqa: E402
+from custom_losses.metrics import bland_altman  # noqa: E402
 from scripts.study_comparison import (  # noqa: E402
     HEADLINE,
     HEADLINE_VOLUME,
@@ -31,6 +32,8 @@ from scripts.study_comparison import (  # noqa: E402
     claim_lines,
     compare,
     csv_columns,
+    expected_volume,
+    expected_volume_lines,
     image_means,
     markdown,
     per_image_values,
@@ -81,6 +84,8 @@ COLUMN_MEANINGS = {
     "whole_abs_error_soft_ml": "|summed probabilities - true volume|, ml",
     "anterior_error_soft_ml": "summed anterior probabilities minus true anterior volume, ml",
     "posterior_error_soft_ml": "summed posterior probabilities minus true posterior volume, ml",
+    "whole_error_hard_expected_ml": "predicted mask minus expected whole volume under the label law, ml",
+    "whole_error_soft_expected_ml": "summed probabilities minus expected whole volume under the label law, ml",
 }
 
 
@@ -94,6 +99,8 @@ VOLUME_METRICS = [
     ("whole_abs_error_soft_ml", "abs. vol. err. soft (ml)", "min"),
     ("anterior_error_soft_ml", "anterior err. soft (ml)", "zero"),
     ("posterior_error_soft_ml", "posterior err. soft (ml)", "zero"),
+    ("whole_error_hard_expected_ml", "vol. err. hard vs expected (ml)", "zero"),
+    ("whole_error_soft_expected_ml", "vol. err. soft vs expected (ml)", "zero"),
     ("ece", "ECE", "min"),
 ]
 
@@ -307,6 +314,48 @@ def plot_area_errors(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], 
     fig.suptitle("boxes: per-image errors; red: mean with 95% CI over images", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "area_errors.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_bland_altman_expected(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]]) -> None:
+    """Bland-Altman per loss: whole volume predicted minus expected (label law) against their mean, per
+    volume (averaged over runs), from probabilities (dots) and mask (crosses), bias and 95% limits."""
+    losses = list(runs_by_loss)
+    if not losses:
+        return
+    columns = min(len(losses), 3)
+    rows = math.ceil(len(losses) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.8 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(losses) :]:
+        ax.axis("off")
+    for ax, loss in zip(axes.flat, losses, strict=False):
+        for kind, marker, colour in (("soft", "o", "tab:blue"), ("hard", "x", "tab:orange")):
+            points = []
+            for rows_of_image in runs_by_loss[loss].values():
+                predicted = [_number(r[f"whole_{kind}_ml"]) for r in rows_of_image]
+                expected = [expected_volume(r, "whole") for r in rows_of_image]
+                points.append((float(np.mean(predicted)), float(np.mean(expected))))
+            mean = [(p + e) / 2 for p, e in points]
+            difference = [p - e for p, e in points]
+            label = "probabilities" if kind == "soft" else "mask"
+            ax.scatter(mean, difference, s=12, marker=marker, color=colour, label=label, alpha=0.8)
+            limits = bland_altman(difference)
+            if limits["bias"] is not None:
+                style = "-" if kind == "soft" else "--"
+                for value in (limits["bias"], limits["lower_limit"], limits["upper_limit"]):
+                    ax.axhline(value, color=colour, linestyle=style, linewidth=1 if value == limits["bias"] else 0.6)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(loss, fontsize=10)
+        ax.set_xlabel("(predicted + expected) / 2, whole (ml)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted - expected (ml)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        "Bland-Altman against the expected volume of the label law: lines = bias and 95% limits of agreement",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "bland_altman_expected.png", dpi=120)
     plt.close(fig)
 
 
@@ -528,6 +577,21 @@ def settings_lines(out: Path, names: list[str], folds: list[int], seeds: list[in
     return lines
 
 
+LAW_THEORY_FILE = "label_law_theory.json"  # scripts/volume_bias_study.py label_law, written by run_study.py
+
+
+def law_lines(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], reference: str, settings: dict) -> list[str]:
+    """The volume errors against the label law's expected volume, with the calculation's prediction when
+    ``OUT/label_law_theory.json`` is of the study's width (``label_uncertainty_width``, default 0)."""
+    width = settings.get("label_uncertainty_width", 0)
+    theory = _read_json(out / LAW_THEORY_FILE)
+    note = []
+    if theory is not None and not math.isclose(float(theory.get("width", math.nan)), float(width)):
+        note = [f"({LAW_THEORY_FILE} is of width {theory.get('width')}, not the study's {width}: left out.)", ""]
+        theory = None
+    return expected_volume_lines(runs_by_loss, reference, float(width), theory) + note
+
+
 def write_report(
     out: Path,
     names: list[str],
@@ -574,6 +638,8 @@ def write_report(
     elif runs_by_loss and reference not in runs_by_loss:
         lines += [f"No paired comparison: the reference loss {reference!r} has no evaluated run here.", ""]
     lines += claim_lines(runs_by_loss, paired, HEADLINE_VOLUME if volumes else HEADLINE)
+    if volumes:
+        lines += law_lines(out, runs_by_loss, reference, settings)
 
     paired_by_loss, paired_fields = csv_columns(comparison)
     for row in rows:
@@ -589,6 +655,8 @@ def write_report(
             plot_dice_vs_fp(out, runs_by_loss)
             plot_examples(out, names, folds[0], seeds[0])
         plot_area_errors(out, runs_by_loss, volumes)
+        if volumes:
+            plot_bland_altman_expected(out, runs_by_loss)
         plot_reliability(out, records)
     if curves:
         plot_validation_curves(out, curves)
