@@ -6,7 +6,19 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the names below, imported on first use (a light ``import custom_losses.conventions``)
-    from . import augment, conventions, data, errors, handlers, inference, metrics, networks, precision, settings
+    from . import (
+        augment,
+        conventions,
+        data,
+        errors,
+        handlers,
+        inference,
+        label_uncertainty,
+        metrics,
+        networks,
+        precision,
+        settings,
+    )
     from .augment import BatchAugmentation
     from .compound import CEDiceLoss
     from .cross_entropy import (
@@ -41,6 +53,7 @@ __all__ = [
     "finetune_alpha",
     "handlers",
     "inference",
+    "label_uncertainty",
     "linear_alpha",
     "metrics",
     "networks",
@@ -52,11 +65,11 @@ __all__ = [
 SUBMODULES = (
     "augment",
     "conventions",
-    "conventions",
     "data",
     "errors",
     "handlers",
     "inference",
+    "label_uncertainty",
     "metrics",
     "networks",
     "precision",

@@ -16,6 +16,7 @@ from monai.handlers import CheckpointSaver
 
 from .atomic import write_csv_atomic, write_json_atomic
 from .errors import InputError, InputNotFoundError
+from .label_uncertainty import completed_probabilities
 from .metrics import ReliabilityHistogram, image_metrics, summarize, summarize_volumes, test_metrics, volume_metrics
 
 CSV_FIELDS = [
@@ -518,7 +519,11 @@ class VolumeMetricsWriter(_EvaluationWriter):
 
     Attach to an evaluator whose post-processing keeps the softmax probabilities under ``prob_key``
     (``(C, *spatial)``, in the label's space) and the integer ``label``; voxel sizes come from the label's
-    affine. Files are written atomically when the run completes, the CSV first.
+    affine. With ``expected_key``, the item also holds the label law's class probabilities (``(C,
+    *spatial)``, custom_losses.label_uncertainty.ExpectedLabeld, in the label's space; voxels where they are
+    all zero, outside the grid they were computed in, count as the label's class), and each row gets the
+    expected volumes and the errors against them; ``label_uncertainty_width`` goes into the summary.
+    Files are written atomically when the run completes, the CSV first.
     """
 
     def __init__(
@@ -529,19 +534,28 @@ class VolumeMetricsWriter(_EvaluationWriter):
         label_key: str = "label",
         num_bins: int = 20,
         extra: dict | None = None,
+        expected_key: str | None = None,
+        label_uncertainty_width: float | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = {int(k): str(v) for k, v in class_names.items() if int(k) > 0}
-        self.prob_key, self.label_key = prob_key, label_key
+        self.prob_key, self.label_key, self.expected_key = prob_key, label_key, expected_key
         self.num_bins = num_bins
         self.extra = dict(extra or {})
+        if label_uncertainty_width is not None:
+            self.extra["label_uncertainty_width"] = label_uncertainty_width
         self.reset()
 
     def collect(self, engine: Engine) -> None:
         output = engine.state.output
         for item in output if isinstance(output, list) else [output]:
             prob, label = item[self.prob_key], item[self.label_key]
-            row = volume_metrics(prob, label, voxel_volume_ml(label), self.class_names)
+            expected = None
+            if self.expected_key is not None:
+                if self.expected_key not in item:
+                    raise KeyError(f"VolumeMetricsWriter: no {self.expected_key!r} in the evaluated item")
+                expected = completed_probabilities(item[self.expected_key], label)
+            row = volume_metrics(prob, label, voxel_volume_ml(label), self.class_names, expected)
             row["image"] = _image_name(item, len(self.rows))
             self.rows.append(row)
             foreground = prob[list(self.class_names)].sum(0)  # whole-structure probability

@@ -149,15 +149,26 @@ def test_metrics(summary: dict, exclude: Iterable[str] = ()) -> dict[str, float]
     }
 
 
-def volume_metrics(prob: torch.Tensor, label: torch.Tensor, voxel_ml: float, class_names: dict[int, str]) -> dict:
+def volume_metrics(
+    prob: torch.Tensor,
+    label: torch.Tensor,
+    voxel_ml: float,
+    class_names: dict[int, str],
+    expected: torch.Tensor | None = None,
+) -> dict:
     """Per-class Dice and volumes (ml) of one volume from softmax probabilities ``(C, *spatial)``.
 
     For each class of ``class_names`` and for ``whole`` (all foreground classes together): Dice of the
     argmax mask (Galdran's convention for empty masks), the true volume, the volume of the argmax mask
-    (hard) and the sum of probabilities (soft), their signed errors (ml) and relative errors.
+    (hard) and the sum of probabilities (soft), their signed errors (ml) and relative errors. With
+    ``expected``, the label law's per-voxel class probabilities ``(C, *spatial)``
+    (custom_losses.label_uncertainty), also the expected volume (their sum) and the hard and soft errors
+    against it (``<name>_expected_ml``, ``<name>_error_hard_expected_ml``, ``<name>_error_soft_expected_ml``).
     """
     if label.numel() != prob[0].numel():
         raise ValueError(f"label shape {tuple(label.shape)} does not fit probabilities {tuple(prob.shape)}")
+    if expected is not None and tuple(expected.shape) != tuple(prob.shape):
+        raise ValueError(f"expected label shape {tuple(expected.shape)} differs from probabilities {tuple(prob.shape)}")
     label = label.reshape(prob.shape[1:]).long()  # (1, *spatial) or (*spatial)
     prob = prob.detach().double()
     hard = prob.argmax(dim=0)
@@ -179,6 +190,11 @@ def volume_metrics(prob: torch.Tensor, label: torch.Tensor, voxel_ml: float, cla
         row[f"{name}_error_soft_ml"] = soft - true_ml
         row[f"{name}_rel_error_hard"] = (hard_ml - true_ml) / true_ml if true_ml > 0 else math.nan
         row[f"{name}_rel_error_soft"] = (soft - true_ml) / true_ml if true_ml > 0 else math.nan
+        if expected is not None:
+            expected_ml = float(expected.detach().double()[classes].sum()) * voxel_ml
+            row[f"{name}_expected_ml"] = expected_ml
+            row[f"{name}_error_hard_expected_ml"] = hard_ml - expected_ml
+            row[f"{name}_error_soft_expected_ml"] = soft - expected_ml
     return row
 
 
@@ -195,7 +211,8 @@ def bland_altman(differences: Sequence[float]) -> dict[str, float | None]:
 def summarize_volumes(
     rows: Sequence[dict], class_names: dict[int, str], reliability: ReliabilityHistogram | None
 ) -> dict:
-    """Mean Dice and volume errors per class, Bland-Altman bias and limits (hard and soft), ECE."""
+    """Mean Dice and volume errors per class, Bland-Altman bias and limits (hard and soft), ECE; with the
+    rows' expected volumes (:func:`volume_metrics` ``expected``), the errors against them too."""
     if not rows:
         raise ValueError("no evaluated volumes to summarize")
     summary: dict = {"num_volumes": len(rows)}
@@ -208,6 +225,12 @@ def summarize_volumes(
             summary[f"{name}_rel_error_{kind}"] = _mean(r[f"{name}_rel_error_{kind}"] for r in rows)
             summary[f"{name}_bland_altman_{kind}"] = bland_altman(errors)
         summary[f"{name}_true_ml"] = _mean(r[f"{name}_true_ml"] for r in rows)
+        if all(f"{name}_expected_ml" in r for r in rows):
+            summary[f"{name}_expected_ml"] = _mean(r[f"{name}_expected_ml"] for r in rows)
+            for kind in ("hard", "soft"):
+                errors = [r[f"{name}_error_{kind}_expected_ml"] for r in rows]
+                summary[f"{name}_error_{kind}_expected_ml"] = _mean(errors)
+                summary[f"{name}_bland_altman_{kind}_expected"] = bland_altman(errors)
     if reliability is not None:
         summary["ece"] = reliability.ece()
         summary["ece_bins"] = reliability.num_bins

@@ -185,6 +185,7 @@ RULES: dict[str, Rule] = {
     "resume": boolean,
     "resume_checkpoint_interval_s": non_negative_number,
     "cudnn_benchmark": boolean,
+    "label_uncertainty_width": non_negative_number,  # voxels (custom_losses.label_uncertainty)
     "strict": boolean,
     "threshold": probability_threshold,
     "fold": positive_int,

@@ -42,6 +42,10 @@ Tolerances: :func:`volume_tolerance` (SGD noise of the final iterate, derived th
 
     python scripts/volume_bias_study.py run --output_dir=runs/volume_bias
     python scripts/volume_bias_study.py theory
+    python scripts/volume_bias_study.py label_law --data_dir=data/hippocampus --width=2 --output=theory.json
+
+``label_law``: the same calculation for the hippocampus bundles' label law (custom_losses.label_uncertainty,
+section "the hippocampus label law" below), per held-out volume.
 """
 
 from __future__ import annotations
@@ -531,6 +535,299 @@ def run_study(
     return _rounded(results)
 
 
+# ------------------------------------------------------------- the hippocampus label law (real volumes)
+#
+# The same calculation for the law of custom_losses.label_uncertainty, which the hippocampus bundles train
+# on with label_uncertainty_width = w: an annotation is the label with its outer boundary moved by r and its
+# anterior/posterior cut by s, r and s independent and uniform on [-w, w] (phi, psi: its signed distances).
+# Expectations over (r, s) are means over the midpoint grid of `quadrature` x `quadrature` shifts (the
+# shifts' law to the width of a grid cell). Voxels with the same (phi, psi) have the same class in every
+# annotation (a "cell"), so a loss's minimiser gives them the same prediction. Minimisers:
+#
+# - CE: p*, so the soft volume is the expected volume E|Y_c| (no bias); its hard (argmax) volume is not.
+# - Per-image soft Dice (the bundles' SoftDiceLoss: mean over anterior and posterior of each class's Dice
+#   D_c = 2 |Yhat_c & Y_c| / (|Yhat_c| + |Y_c|)): the 0/1 map maximising E_{r,s}[(D_1 + D_2) / 2]. As the
+#   controlled study's best disc, it is searched among the law's own annotations first (the quadrants
+#   {phi < t, psi < u}, a grid of `resolution` steps of [-w, w] per shift, refined around its best), then
+#   improved cell by cell (each cell to the class, or background, that raises the expectation most, until
+#   no cell moves): a local maximum. Free per-voxel logits trained on the expected loss end there too
+#   (tests/test_volume_bias.py); the quadrant alone is not the minimiser here (on a small ellipsoid at
+#   w = 2 its volume is 7 % larger than the free optimum's).
+# - Batch soft Dice, large-batch limit: sum over volumes before the ratio, so the expectation is
+#   2 sum z_c p*_c / (sum z_c + sum p*_c) per class, linear-fractional: the optimum puts a voxel in the class
+#   c with the largest positive (p*_c - F_c / 2) / D_c (F_c its class's batch Dice, D_c its denominator),
+#   pooled over all the volumes; found by iterating that rule from the argmax of p* to its fixed point.
+
+LAW_CLASSES = ("anterior", "posterior")
+
+
+def _law_tables(phi: np.ndarray, psi: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``N_A[i, j] = #{phi < levels_i, psi < levels_j}`` and ``N_F[i] = #{phi < levels_i}`` (``levels`` sorted)."""
+    n = len(levels) + 1
+    below_phi = np.searchsorted(levels, phi.ravel(), side="right")  # phi < levels_i  <=>  i >= below_phi
+    below_psi = np.searchsorted(levels, psi.ravel(), side="right")
+    counts = np.bincount(below_phi * n + below_psi, minlength=n * n).reshape(n, n).astype(np.float64)
+    return counts.cumsum(0).cumsum(1)[:-1, :-1], counts.sum(1).cumsum()[:-1]
+
+
+def _quadrant_terms(tables, a, b, r, s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class (axis 0: anterior, posterior), the overlap, predicted and annotated sizes of the quadrant
+    at level indices ``(a, b)`` against the annotation at ``(r, s)`` (index arrays, broadcast together)."""
+    anterior, inside = tables
+    low = np.minimum(a, r)
+    overlap = np.stack([anterior[low, np.minimum(b, s)], inside[low] - anterior[low, np.maximum(b, s)]])
+    predicted = np.stack([anterior[a, b], inside[a] - anterior[a, b]])
+    annotated = np.stack([anterior[r, s], inside[r] - anterior[r, s]])
+    return overlap, predicted, annotated
+
+
+def _search(objective: Callable[[np.ndarray, np.ndarray], np.ndarray], resolution: int) -> tuple[int, int]:
+    """Maximise ``objective(rows, columns)`` (candidate step indices 0..resolution, broadcast) on a coarse grid
+    of 21 x 21 steps, then on every step of the window around its best; returns (row, column)."""
+    stride = max(resolution // 20, 1)
+    coarse = np.arange(0, resolution + 1, stride)
+    values = objective(coarse[:, None], coarse[None, :])
+    row, column = np.unravel_index(int(np.argmax(values)), values.shape)
+    rows = np.arange(max(coarse[row] - stride, 0), min(coarse[row] + stride, resolution) + 1)
+    columns = np.arange(max(coarse[column] - stride, 0), min(coarse[column] + stride, resolution) + 1)
+    best = np.unravel_index(int(np.argmax(objective(rows[:, None], columns[None, :]))), (len(rows), len(columns)))
+    return int(rows[best[0]]), int(columns[best[1]])
+
+
+def _best_quadrant(phi: np.ndarray, psi: np.ndarray, width: float, shifts: np.ndarray, resolution: int):
+    """The quadrant shifts (t, u) of highest expected per-image Dice over the ``shifts`` grid."""
+    steps = -width + 2 * width * np.arange(resolution + 1) / resolution
+    levels = np.unique(np.concatenate([steps, shifts]))
+    step_index, shift_index = np.searchsorted(levels, steps), np.searchsorted(levels, shifts)
+    tables = _law_tables(phi, psi, levels)
+    # axes: candidate row, candidate column, annotation r, annotation s
+    draw_r, draw_s = shift_index.reshape(1, 1, -1, 1), shift_index.reshape(1, 1, 1, -1)
+
+    def image_dice(rows, columns):
+        a, b = step_index[rows][..., None, None], step_index[columns][..., None, None]
+        overlap, predicted, annotated = _quadrant_terms(tables, a, b, draw_r, draw_s)
+        total = predicted + annotated
+        return np.divide(2 * overlap, total, out=np.zeros_like(total), where=total > 0).mean(0).mean((-2, -1))
+
+    row, column = _search(image_dice, resolution)
+    return float(steps[row]), float(steps[column])
+
+
+def _image_dice_optimum(
+    phi: np.ndarray, psi: np.ndarray, width: float, quadrature: int, resolution: int, max_sweeps: int = 50
+) -> tuple[np.ndarray, float, list[float]]:
+    """The per-image soft Dice minimiser as a 0/1/2 map, its expected Dice and the quadrant it started from."""
+    shifts = -width + 2 * width * (np.arange(quadrature) + 0.5) / quadrature
+    start = _best_quadrant(phi, psi, width, shifts, resolution)
+    band = phi < width  # elsewhere no annotation has foreground: background is best there
+    pairs, cell_of, sizes = np.unique(
+        np.stack([phi[band], psi[band]], 1), axis=0, return_inverse=True, return_counts=True
+    )
+    cell_phi, cell_psi, sizes = pairs[:, 0], pairs[:, 1], sizes.astype(np.float64)
+    r, s = np.repeat(shifts, quadrature), np.tile(shifts, quadrature)  # the quadrature's draws
+    inside = cell_phi[:, None] < r[None, :]
+    front = cell_psi[:, None] < s[None, :]
+    member = np.stack([np.zeros_like(inside), inside & front, inside & ~front]).astype(np.float64)
+    member *= sizes[None, :, None]  # (class, cell, draw): voxels of the cell in that class of that annotation
+    annotated = member[1:].sum(1)  # (2, draws)
+    assignment = np.where(cell_phi < start[0], np.where(cell_psi < start[1], 1, 2), 0)
+    overlap = np.stack([member[c][assignment == c].sum(0) for c in (1, 2)])  # (2, draws)
+    predicted = np.array([sizes[assignment == c].sum() for c in (1, 2)])
+
+    def expected_dice(overlap, predicted):
+        total = predicted[..., None] + annotated
+        return np.divide(2 * overlap, total, out=np.zeros_like(total), where=total > 0).mean(-2).mean(-1)
+
+    value = float(expected_dice(overlap, predicted))
+    for _ in range(max_sweeps):
+        moved = False
+        for cell in np.argsort(np.abs(cell_phi), kind="stable"):  # the boundary's cells first
+            current = assignment[cell]
+            base_overlap, base_predicted = overlap.copy(), predicted.copy()
+            if current:
+                base_overlap[current - 1] -= member[current, cell]
+                base_predicted[current - 1] -= sizes[cell]
+            options = [(expected_dice(base_overlap, base_predicted), 0)]
+            for c in (1, 2):
+                trial_overlap, trial_predicted = base_overlap.copy(), base_predicted.copy()
+                trial_overlap[c - 1] += member[c, cell]
+                trial_predicted[c - 1] += sizes[cell]
+                options.append((expected_dice(trial_overlap, trial_predicted), c))
+            best_value, best_class = max(options, key=lambda option: option[0])
+            if best_class != current and best_value > value + 1e-12:
+                assignment[cell], value, moved = best_class, float(best_value), True
+                overlap, predicted = base_overlap, base_predicted
+                if best_class:
+                    overlap[best_class - 1] += member[best_class, cell]
+                    predicted[best_class - 1] += sizes[cell]
+        if not moved:
+            break
+    prediction = np.zeros(phi.shape, dtype=np.int64)
+    prediction[band] = assignment[cell_of.ravel()]
+    return prediction, value, list(start)
+
+
+def _batch_dice_optimum(probabilities: Sequence[np.ndarray], max_iterations: int = 200) -> list[np.ndarray]:
+    """The large-batch soft Dice minimiser (0/1/2 per voxel) of class probabilities ``(3, n_v)`` pooled over
+    the volumes (voxels certain to be background may be left out: they stay background)."""
+    flat = np.concatenate([p.reshape(3, -1) for p in probabilities], axis=1)
+    expected = flat[1:].sum(1)
+    assignment = flat.argmax(0)
+    for _ in range(max_iterations):
+        chosen = np.stack([assignment == c for c in (1, 2)])
+        denominator = chosen.sum(1) + expected
+        batch_dice = 2 * (chosen * flat[1:]).sum(1) / denominator
+        score = (flat[1:] - batch_dice[:, None] / 2) / denominator[:, None]
+        updated = np.where(score.max(0) > 0, score.argmax(0) + 1, 0)
+        if np.array_equal(updated, assignment):
+            break
+        assignment = updated
+    bounds = np.cumsum([0] + [p[0].size for p in probabilities])
+    return [assignment[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _class_volumes(prediction: np.ndarray) -> dict[str, float]:
+    return {
+        "anterior": float((prediction == 1).sum()),
+        "posterior": float((prediction == 2).sum()),
+        "whole": float((prediction > 0).sum()),
+    }
+
+
+def label_law_ideal_volumes(
+    labels: Sequence, width: float, voxel_volume: float = 1.0, quadrature: int = 64, resolution: int = 200
+) -> dict:
+    """Each loss's minimiser under the hippocampus label law of ``width`` (voxels), for the volumes ``labels``
+    (0/1/2 arrays in the training grid): its class volumes, their bias against the expected volumes, the
+    means over the volumes. Losses: ``ce`` (soft: unbiased by construction), ``ce_hard`` (argmax of p*),
+    ``dice`` (per image), ``batch_dice`` (large-batch limit over all ``labels``). Volumes times ``voxel_volume``.
+    """
+    from custom_losses.label_uncertainty import class_probabilities, signed_distances
+
+    names = (*LAW_CLASSES, "whole")
+    per_volume, maps = [], []
+    for label in labels:
+        probabilities = class_probabilities(label, width)
+        maps.append(probabilities[:, probabilities[0] < 1])  # the voxels that may be foreground
+        expected = {c: float(probabilities[i + 1].sum()) for i, c in enumerate(LAW_CLASSES)}
+        expected["whole"] = float(probabilities[1:].sum())
+        entry = {"expected": expected, "ce": dict(expected), "ce_hard": _class_volumes(probabilities.argmax(0))}
+        if width == 0:  # no uncertainty: every loss's minimiser is the label
+            entry["dice"], entry["dice_expected_dice"], entry["dice_start_shifts"] = dict(expected), 1.0, [0.0, 0.0]
+        else:
+            prediction, value, start = _image_dice_optimum(
+                *signed_distances(label, width), width, quadrature, resolution
+            )
+            entry["dice"], entry["dice_expected_dice"], entry["dice_start_shifts"] = (
+                _class_volumes(prediction),
+                value,
+                start,
+            )
+        per_volume.append(entry)
+    for entry, prediction in zip(per_volume, _batch_dice_optimum(maps), strict=True):
+        entry["batch_dice"] = _class_volumes(prediction)
+
+    losses = ("ce", "ce_hard", "dice", "batch_dice")
+    for entry in per_volume:
+        for key in ("expected", *losses):
+            entry[key] = {c: float(v) * voxel_volume for c, v in entry[key].items()}
+        entry["bias"] = {loss: {c: entry[loss][c] - entry["expected"][c] for c in names} for loss in losses}
+    mean_bias = {loss: {c: float(np.mean([e["bias"][loss][c] for e in per_volume])) for c in names} for loss in losses}
+    mean_expected = {c: float(np.mean([e["expected"][c] for e in per_volume])) for c in names}
+    return {
+        "width": width,
+        "quadrature": quadrature,
+        "resolution": resolution,
+        "volumes": per_volume,
+        "mean_expected": mean_expected,
+        "mean_bias": mean_bias,
+        "mean_relative_bias": {loss: {c: mean_bias[loss][c] / mean_expected[c] for c in names} for loss in losses},
+    }
+
+
+def held_out_labels(data_dir: str | Path, folds: Sequence[int], spatial_size: Sequence[int]) -> list[dict]:
+    """The held-out volumes of ``folds``: ``{"image": file name, "label": 0/1/2 array in the training grid
+    (padded or cropped to spatial_size as the bundles do), "voxel_ml": voxel volume}``."""
+    import nibabel
+    from monai.transforms import ResizeWithPadOrCrop
+
+    from custom_losses.data import fold_split
+
+    data_dir = Path(data_dir)
+    pad = ResizeWithPadOrCrop(list(spatial_size))
+    volumes = []
+    for fold in folds:
+        for item in fold_split(data_dir / "datalist.json", data_dir, int(fold), "validate", check=False, num_classes=3):
+            volume = nibabel.load(item["label"])
+            label = np.asarray(volume.dataobj).astype(np.float32)
+            voxel_ml = float(np.prod(volume.header.get_zooms()[:3])) / 1000
+            padded = pad(torch.from_numpy(label)[None])[0]
+            volumes.append({"image": Path(item["image"]).name, "label": np.asarray(padded), "voxel_ml": voxel_ml})
+    return volumes
+
+
+def label_law_theory(
+    data_dir: str | Path,
+    width: float,
+    folds: Sequence[int] = (1,),
+    spatial_size: Sequence[int] = (48, 64, 48),
+    quadrature: int = 32,
+    resolution: int = 200,
+) -> dict:
+    """:func:`label_law_ideal_volumes` of the held-out volumes of ``folds``, in ml, each volume named."""
+    volumes = held_out_labels(data_dir, folds, spatial_size)
+    if not volumes:
+        raise ValueError(f"{data_dir}: no held-out volume in folds {list(folds)}")
+    voxel_ml = {v["voxel_ml"] for v in volumes}
+    if len(voxel_ml) != 1:
+        raise ValueError(f"{data_dir}: the volumes' voxel sizes differ ({sorted(voxel_ml)} ml); one is needed")
+    result = label_law_ideal_volumes(
+        [v["label"] for v in volumes], width, voxel_ml.pop(), quadrature=quadrature, resolution=resolution
+    )
+    for entry, volume in zip(result["volumes"], volumes, strict=True):
+        entry["image"] = volume["image"]
+    result.update(folds=[int(f) for f in folds], spatial_size=[int(v) for v in spatial_size], unit="ml")
+    return result
+
+
+def label_law(
+    data_dir: str,
+    width: float,
+    folds: Sequence[int] = (1,),
+    spatial_size: Sequence[int] = (48, 64, 48),
+    output: str | None = None,
+    quadrature: int = 32,
+    resolution: int = 200,
+) -> None:
+    """Each loss's minimiser under the hippocampus label law of ``width`` (label_uncertainty_width) on the
+    held-out volumes of ``folds``: print the mean biases against the expected volumes, write ``output`` (JSON).
+
+    Args:
+        data_dir: the prepared hippocampus folder (datalist.json inside).
+        width: the law's width in voxels (0: no uncertainty, every minimiser is the label).
+        folds: the held-out folds whose volumes are computed.
+        spatial_size: the bundles' training grid (the law is defined there).
+        output: JSON file to write (a study folder's label_law_theory.json is read by its report).
+        quadrature: midpoint-grid points per shift for the expectations.
+        resolution: steps of [-width, width] per shift in the search of the per-image Dice quadrant.
+    """
+    result = label_law_theory(data_dir, float(width), list(folds), list(spatial_size), quadrature, resolution)
+    for loss, biases in result["mean_bias"].items():
+        relative = result["mean_relative_bias"][loss]
+        cells = ", ".join(f"{c} {biases[c]:+.3f} ml ({100 * relative[c]:+.1f}%)" for c in biases)
+        print(f"{loss:<11} {cells}")
+    if output:
+        write_label_law_theory(Path(output), result)
+        print(f"wrote {output}")
+
+
+def write_label_law_theory(path: Path, result: dict) -> None:
+    """:func:`label_law_theory`'s result as JSON (6 significant digits), written atomically."""
+    from custom_losses.atomic import write_json_atomic
+
+    write_json_atomic(path, _rounded(result))
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 
 
@@ -682,9 +979,8 @@ def theory(cases_per_group: int = 8) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    fire.Fire(
-        {"run": run, "theory": theory}, command=list(argv) if argv is not None else None, name="volume_bias_study.py"
-    )
+    commands = {"run": run, "theory": theory, "label_law": label_law}
+    fire.Fire(commands, command=list(argv) if argv is not None else None, name="volume_bias_study.py")
     return 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ckpt_export
-from monai.data import load_net_with_metadata
+from monai.data import MetaTensor, load_net_with_metadata
 
 from lesion_study.bundlegen.cli import BUNDLES_DIR
 from lesion_study.prepare.datasets import prepare_hippocampus
@@ -59,6 +59,9 @@ def test_hippocampus_bundle_end_to_end(loss, hippocampus_data, tmp_path):
         label = np.asarray(nibabel.load(hippocampus_data / validation[row["image"]]["label"]).dataobj)
         assert float(row["whole_true_ml"]) == pytest.approx((label > 0).sum() / 1000)
         assert float(row["anterior_true_ml"]) == pytest.approx((label == 1).sum() / 1000)
+        for name in ("anterior", "posterior", "whole"):  # no label uncertainty: the expected volume is the label's
+            assert float(row[f"{name}_expected_ml"]) == pytest.approx(float(row[f"{name}_true_ml"]))
+            assert float(row[f"{name}_error_soft_expected_ml"]) == pytest.approx(float(row[f"{name}_error_soft_ml"]))
     predictions = sorted((eval_dir / "predictions").glob("*_seg.nii.gz"))
     assert len(predictions) == 2
     source = nibabel.load(hippocampus_data / validation[rows[0]["image"]]["image"])
@@ -84,3 +87,68 @@ def test_hippocampus_bundle_end_to_end(loss, hippocampus_data, tmp_path):
         volume = torch.rand(1, 1, *SPATIAL)
         assert scripted(volume).shape == (1, 3, *SPATIAL)
         assert math.isfinite(float(scripted(volume).sum()))
+
+
+def training_transforms(width: float) -> list:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES_DIR / "hippocampus_ce" / "configs" / "train.json"))
+    parser["label_uncertainty_width"] = width
+    return parser.get_parsed_content("train#preprocessing").transforms
+
+
+def test_label_uncertainty_is_in_the_training_pipeline_only_above_width_zero():
+    """At width 0 the pipeline is that of the bundles before label uncertainty existed (same transforms, so
+    MONAI seeds the same random transforms alike); above, the annotation is drawn first of the random part."""
+    from monai.transforms import RandAffined, Randomizable
+
+    from custom_losses.label_uncertainty import RandLabelUncertaintyd
+
+    plain, uncertain = training_transforms(0), training_transforms(1.5)
+    assert not any(isinstance(t, RandLabelUncertaintyd) for t in plain)
+    names = [type(t).__name__ for t in uncertain]
+    assert names == [type(t).__name__ for t in plain[:5]] + ["RandLabelUncertaintyd"] + names[6:]
+    assert [type(t) for t in uncertain[6:]] == [type(t) for t in plain[5:]]
+    first_random = next(t for t in uncertain if isinstance(t, Randomizable))
+    assert isinstance(first_random, RandLabelUncertaintyd) and first_random.width == 1.5
+    assert isinstance(uncertain[6], RandAffined)  # before the warp: the law is the cached grid's
+
+
+@pytest.mark.slow
+def test_hippocampus_bundle_trains_on_uncertain_labels_and_writes_their_expected_volumes(hippocampus_data, tmp_path):
+    """Width 1.5: training draws annotations; evaluation writes per volume the expected class volumes of the
+    law in the training grid (padded to spatial_size), mapped back to the volume's own grid."""
+    from monai.transforms import ResizeWithPadOrCrop
+
+    from custom_losses.label_uncertainty import class_probabilities
+
+    width = 1.5
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "hippocampus_ce", tmp_path / "hippocampus_ce"))
+    overrides = {**FAST_3D, "epochs": 1, "spatial_size": SPATIAL, "dataset_dir": str(hippocampus_data)}
+    overrides["label_uncertainty_width"] = width
+    run_workflow(bundle, ["train.json"], **overrides)
+    run_workflow(bundle, ["train.json", "evaluate.json"], **overrides)
+    eval_dir = bundle / "eval" / "fold1"
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["label_uncertainty_width"] == width
+    with open(eval_dir / "per_volume.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    datalist = json.loads((hippocampus_data / "datalist.json").read_text())
+    validation = {Path(i["label"]).name: i for i in datalist["training"] if i["fold"] == 1}
+    pad = ResizeWithPadOrCrop(SPATIAL)
+    for row in rows:
+        label = np.asarray(nibabel.load(hippocampus_data / validation[row["image"]]["label"]).dataobj)
+        padded = pad(torch.from_numpy(label[None].astype(np.float32)))
+        probabilities = torch.from_numpy(class_probabilities(padded, width))
+        back = pad.inverse(MetaTensor(probabilities, applied_operations=padded.applied_operations))
+        assert back.shape[1:] == label.shape
+        expected = {"anterior": back[1].sum(), "posterior": back[2].sum(), "whole": back[1:].sum()}
+        for name, voxels in expected.items():
+            assert float(row[f"{name}_expected_ml"]) == pytest.approx(float(voxels) / 1000, rel=1e-5)
+            error = float(row[f"{name}_soft_ml"]) - float(voxels) / 1000
+            assert float(row[f"{name}_error_soft_expected_ml"]) == pytest.approx(error, abs=1e-6)
+        assert float(row["whole_expected_ml"]) > float(row["whole_true_ml"])  # dilation adds more than erosion
+    assert summary["whole_error_soft_expected_ml"] == pytest.approx(
+        sum(float(r["whole_error_soft_expected_ml"]) for r in rows) / len(rows)
+    )

@@ -236,6 +236,8 @@ DOWNSAMPLES_32 = "(the FlexibleUNet downsamples by 2 x 2 x 2 x 2 x 2 = 32)"
         ("device", "gpu", FLEXIBLE_UNET, "device must be cpu, cuda or cuda:N, got 'gpu'"),
         ("precision", "fp16", FLEXIBLE_UNET, "precision must be one of auto, bf16, fp32, got 'fp16'"),
         ("threshold", 1, FLEXIBLE_UNET, "threshold must be a number between 0 and 1, got 1"),
+        ("label_uncertainty_width", -1, UNET_3D, "label_uncertainty_width must be a number >= 0, got -1"),
+        ("label_uncertainty_width", "2", UNET_3D, "label_uncertainty_width must be a number >= 0, got '2'"),
     ],
 )
 def test_each_bad_setting_is_named_with_its_value(name, value, network, expected):
@@ -330,6 +332,9 @@ def test_every_config_checks_its_settings_first():
             configs["train"]["checked_settings"]
         )
         assert ("image_size" in configs["train"]["checked_settings"]) == (not name.startswith("hippocampus"))
+        for stem in ("train", "evaluate"):  # the 3D label law's width, used by training and evaluation
+            checked = "label_uncertainty_width" in configs[stem]["checked_settings"]
+            assert checked == name.startswith("hippocampus"), (name, stem)
 
 
 TRAIN, EVALUATE = ["train.json"], ["train.json", "evaluate.json"]

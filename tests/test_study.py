@@ -690,3 +690,105 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     assert results["dice"]["dice_all"] == "0.700"  # Galdran's test measure
     assert results["ce"]["measured_with"] == "CPU reduced scale; a 2-core CPU; docs/results/polyp_unit.md"
     assert bundle_results(study / "results.csv", "x")["ce"]["runs"] == 1
+
+
+def per_volume(errors: dict[str, list[float]], expected_shift: float = 0.2, with_expected: bool = True) -> list[dict]:
+    """Per-volume rows (3D evaluation): true volumes 1.0 ml per part; the expected volume ``expected_shift``
+    above the true one per part; ``errors[kind]`` the whole-volume error against the expected volume per
+    volume (split equally over the parts); Dice 0.8 everywhere."""
+    rows = []
+    for i, (hard, soft) in enumerate(zip(errors["hard"], errors["soft"], strict=True)):
+        row = {"image": f"hippocampus_{i:03d}.nii.gz"}
+        for name, share in (("anterior", 0.5), ("posterior", 0.5), ("whole", 1.0)):
+            true = 2.0 if name == "whole" else 1.0
+            expected = true + expected_shift * (2 if name == "whole" else 1)
+            hard_ml, soft_ml = expected + share * hard, expected + share * soft
+            row |= {f"{name}_dice": 0.8, f"{name}_true_ml": true, f"{name}_hard_ml": hard_ml}
+            row |= {f"{name}_soft_ml": soft_ml, f"{name}_error_hard_ml": hard_ml - true}
+            row |= {f"{name}_error_soft_ml": soft_ml - true, f"{name}_rel_error_hard": (hard_ml - true) / true}
+            row |= {f"{name}_rel_error_soft": (soft_ml - true) / true}
+            if with_expected:
+                row |= {f"{name}_expected_ml": expected, f"{name}_error_hard_expected_ml": hard_ml - expected}
+                row |= {f"{name}_error_soft_expected_ml": soft_ml - expected}
+        rows.append(row)
+    return rows
+
+
+def write_volume_run(out: Path, bundle: str, seed: int, rows: list[dict]) -> None:
+    evaluation = out / "runs" / bundle / f"seed{seed}" / "eval" / "fold1"
+    evaluation.mkdir(parents=True)
+    summary = {"num_volumes": len(rows), "whole_dice": 0.8, "anterior_dice": 0.8, "posterior_dice": 0.8}
+    (evaluation / "summary.json").write_text(json.dumps(summary))
+    with open(evaluation / "per_volume.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_report_compares_volumes_with_the_expected_volume_of_the_label_law(tmp_path):
+    """Per class and whole, mask and probabilities: mean and median against the expected volume with
+    intervals, paired differences to CE (seeds averaged first), Dice next to the bias, the calculation's
+    prediction from label_law_theory.json, a Bland-Altman plot per loss."""
+    rng = np.random.default_rng(0)
+    ce = {"hard": list(rng.normal(-0.3, 0.05, 30)), "soft": list(rng.normal(0.0, 0.05, 30))}
+    dice = {kind: [v - 0.4 for v in values] for kind, values in ce.items()}  # 0.4 ml smaller everywhere
+    for seed, jitter in ((0, -0.02), (1, 0.02)):  # the seeds average back to the values above
+        shifted = {kind: [v + jitter for v in values] for kind, values in dice.items()}
+        write_volume_run(tmp_path, "hippocampus_ce", seed, per_volume(ce))
+        write_volume_run(tmp_path, "hippocampus_dice", seed, per_volume(shifted))
+    # a run evaluated before the expected volumes existed: its errors are against the label (width 0 then)
+    write_volume_run(tmp_path, "hippocampus_ce_dice", 0, per_volume(ce, expected_shift=0.0, with_expected=False))
+    theory = {
+        "width": 2.0,
+        "volumes": [
+            {
+                "image": f"hippocampus_{i:03d}.nii.gz",
+                "expected": {"anterior": 1.2, "posterior": 1.2, "whole": 2.4},
+                "bias": {
+                    "ce": {"anterior": 0.0, "posterior": 0.0, "whole": 0.0},
+                    "ce_hard": {"anterior": -0.1, "posterior": -0.12, "whole": -0.22},
+                    "dice": {"anterior": -0.2, "posterior": -0.24, "whole": -0.44},
+                    "batch_dice": {"anterior": 0.3, "posterior": 0.36, "whole": 0.66},
+                },
+            }
+            for i in range(30)
+        ],
+    }
+    (tmp_path / "label_law_theory.json").write_text(json.dumps(theory))
+    names = ["hippocampus_ce", "hippocampus_dice", "hippocampus_ce_dice"]
+    settings = {"label_uncertainty_width": 2}
+    write_report(tmp_path, names, [1], status={}, settings=settings, dataset="unit", seeds=[0, 1])
+    page = (tmp_path / "results.md").read_text()
+    section = page.split("### Volume error against the expected volume (label law width 2 voxels)")[1]
+    ce_soft = float(np.mean(ce["soft"]))
+    whole_soft = [line for line in section.splitlines() if line.startswith("| whole | probabilities |")]
+    assert whole_soft[0].startswith(f"| whole | probabilities | ce | {ce_soft:+.3f} [")
+    dice_row = whole_soft[1].split(" | ")
+    assert dice_row[2] == "dice" and dice_row[3].startswith(f"{ce_soft - 0.4:+.3f} [")
+    assert dice_row[5] == "**-0.400 [-0.400, -0.400]**"  # paired mean difference, seeds averaged
+    assert dice_row[6] == "-0.400 [-0.400, -0.400]"  # median of the paired differences
+    posterior = next(line for line in section.splitlines() if line.startswith("| posterior | mask | dice |"))
+    assert "**-0.200 [-0.200, -0.200]**" in posterior  # half of the whole error in each part
+    # the run without expected volumes is compared against its label (which it was trained on)
+    ce_dice = [line for line in section.splitlines() if line.startswith("| whole | probabilities | ce_dice |")]
+    assert ce_dice[0].split(" | ")[5].startswith("+0.000")
+
+    dice_table = section.split("### Dice next to the volume bias, and what the calculation predicts")[1]
+    ce_line = next(line for line in dice_table.splitlines() if line.startswith("| ce |"))
+    cells = ce_line.split(" | ")
+    assert cells[1:4] == ["80.0", "80.0", "80.0"] and cells[5] == f"{ce_soft:+.3f}"
+    assert cells[8:12] == ["-0.220 (-9.2%)", "+0.000 (+0.0%)", "+0.000 (+0.0%)", "+0.000 (+0.0%) |"]
+    dice_line = next(line for line in dice_table.splitlines() if line.startswith("| dice |"))
+    assert "-0.440 (-18.3%) | -0.440 (-18.3%) | -0.200 (-16.7%) | -0.240 (-20.0%) |" in dice_line
+    assert next(line for line in dice_table.splitlines() if line.startswith("| ce_dice |")).endswith(
+        "n/a | n/a | n/a | n/a |"
+    )
+    assert (tmp_path / "bland_altman_expected.png").stat().st_size > 10_000
+    rows = {r["loss"]: r for r in read_csv(tmp_path / "results.csv")}
+    assert "whole_error_soft_expected_ml_mean" in rows["ce"]
+
+    # a theory file of another width is left out, and the page says so
+    write_report(tmp_path, names, [1], status={}, settings={}, dataset="unit", seeds=[0, 1])
+    page = (tmp_path / "results.md").read_text()
+    assert "label law width 0 voxels" in page and "is of width 2.0, not the study's 0: left out" in page
+    assert "theory: whole" not in page

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,121 @@ def test_runs_are_deterministic():
     first = train("boundary", "dice_batch", steps=30)[0]
     second = train("boundary", "dice_batch", steps=30)[0]
     assert first["all"]["soft_volume_per_case"] == second["all"]["soft_volume_per_case"]
+
+
+# ------------------------------------------------------------ the hippocampus label law (real volumes)
+
+
+def _image_dice_over_grid(prediction: np.ndarray, phi, psi, width: float, quadrature: int) -> float:
+    """Brute force: the per-image soft Dice (mean of anterior and posterior) of a 0/1/2 ``prediction``
+    averaged over the midpoint grid of annotation shifts."""
+    from custom_losses.label_uncertainty import draw_annotation
+
+    shifts = -width + 2 * width * (np.arange(quadrature) + 0.5) / quadrature
+    values = []
+    for r in shifts:
+        for s in shifts:
+            annotation = draw_annotation(phi, psi, (r, s))
+            dice = []
+            for c in (1, 2):
+                total = (prediction == c).sum() + (annotation == c).sum()
+                dice.append(2 * ((prediction == c) & (annotation == c)).sum() / total if total else 0.0)
+            values.append(np.mean(dice))
+    return float(np.mean(values))
+
+
+def test_label_law_image_dice_minimiser_beats_free_logits_and_the_annotations():
+    """On an ellipsoid cut in two (w = 2): the per-image Dice optimum's expectation is what brute force gives,
+    no annotation-shaped prediction and no free per-voxel softmax map trained on the expected loss does
+    better (Adam, 300 steps), and its volume is below the expected volume (the controlled study's sign for a
+    moderate spread of sizes), batch Dice's above it."""
+    from custom_losses.label_uncertainty import class_probabilities, draw_annotation, signed_distances
+    from tests.test_label_uncertainty import two_part_label
+
+    label, width, quadrature = two_part_label()[0].numpy(), 2.0, 8
+    phi, psi = signed_distances(label, width)
+    prediction, value, start = study._image_dice_optimum(phi, psi, width, quadrature, resolution=100)
+    assert value == pytest.approx(_image_dice_over_grid(prediction, phi, psi, width, quadrature), abs=1e-12)
+    for shifts in ((0.0, 0.0), tuple(start), (0.6, 0.0), (-0.6, 0.0), (0.0, 0.6)):
+        assert value >= _image_dice_over_grid(draw_annotation(phi, psi, shifts), phi, psi, width, quadrature)
+
+    shifts = -width + 2 * width * (np.arange(quadrature) + 0.5) / quadrature
+    annotations = np.stack([draw_annotation(phi, psi, (r, s)) for r in shifts for s in shifts])
+    target = torch.nn.functional.one_hot(torch.from_numpy(annotations), 3).movedim(-1, 1).double()[:, 1:]
+    probabilities = torch.from_numpy(class_probabilities(label, width))
+    logits = torch.log(probabilities.clamp_min(1e-4)).requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(300):
+        soft = torch.softmax(logits, 0)[1:]
+        overlap, total = (soft[None] * target).sum((2, 3, 4)), soft.sum((1, 2, 3))[None] + target.sum((2, 3, 4))
+        dice = (2 * overlap / total.clamp_min(1e-7)).mean()
+        optimizer.zero_grad()
+        (-dice).backward()
+        optimizer.step()
+    assert float(dice.detach()) <= value + 1e-4
+
+    result = study.label_law_ideal_volumes([label], width, quadrature=quadrature, resolution=100)
+    bias = result["mean_bias"]
+    assert bias["ce"] == {"anterior": 0.0, "posterior": 0.0, "whole": 0.0}
+    assert bias["dice"]["whole"] < 0 < bias["batch_dice"]["whole"]
+    assert result["volumes"][0]["dice"]["whole"] == float((prediction > 0).sum())
+
+
+def test_label_law_batch_dice_minimiser_is_a_fixed_point_no_flip_improves():
+    from custom_losses.label_uncertainty import class_probabilities
+    from tests.test_label_uncertainty import two_part_label
+
+    maps = [class_probabilities(two_part_label(shape)[0].numpy(), 2.0) for shape in ((14, 22, 14), (16, 22, 14))]
+    assignments = study._batch_dice_optimum(maps)
+    flat = np.concatenate([m.reshape(3, -1) for m in maps], 1)
+
+    def batch_dice(assignment):
+        chosen = np.stack([assignment == c for c in (1, 2)])
+        return float((2 * (chosen * flat[1:]).sum(1) / (chosen.sum(1) + flat[1:].sum(1))).mean())
+
+    best = np.concatenate([a.ravel() for a in assignments])
+    value = batch_dice(best)
+    assert value > batch_dice(flat.argmax(0))  # the argmax of p* (CE's mask) is not batch Dice's optimum
+    rng = np.random.default_rng(0)
+    for voxel in rng.choice(np.flatnonzero(flat[1:].sum(0) > 0.02), size=200, replace=False):
+        for c in range(3):
+            flipped = best.copy()
+            flipped[voxel] = c
+            assert batch_dice(flipped) <= value + 1e-12
+
+
+def test_label_law_cli_on_prepared_volumes(tmp_path, capsys):
+    from lesion_study.prepare.datasets import prepare_hippocampus
+    from lesion_study.synthetic import write_hippocampus_layout
+
+    write_hippocampus_layout(tmp_path / "raw", n_volumes=10, shape=(12, 16, 12), seed=3)
+    prepare_hippocampus(tmp_path / "raw", tmp_path / "prepared")
+    output = tmp_path / "theory.json"
+    study.main(
+        ["label_law", f"--data_dir={tmp_path / 'prepared'}", "--width=1.5", "--spatial_size=[16,16,16]"]
+        + [f"--output={output}", "--quadrature=8", "--resolution=40"]
+    )
+    result = json.loads(output.read_text())
+    assert result["width"] == 1.5 and result["folds"] == [1] and result["unit"] == "ml"
+    datalist = json.loads((tmp_path / "prepared" / "datalist.json").read_text())
+    held_out = sorted(Path(i["image"]).name for i in datalist["training"] if i["fold"] == 1)
+    assert sorted(v["image"] for v in result["volumes"]) == held_out
+    assert result["mean_expected"]["whole"] > 0 and result["mean_bias"]["ce"]["whole"] == 0
+    assert "batch_dice" in capsys.readouterr().out
+    study.main(["label_law", f"--data_dir={tmp_path / 'prepared'}", "--width=0", "--spatial_size=[16,16,16]"])
+    assert "whole +0.000 ml (+0.0%)" in capsys.readouterr().out.splitlines()[2]  # dice: the label itself
+    # a 3D study writes it for its report, once per width, folds and grid
+    from lesion_study.paths import BUNDLES_DIR
+    from scripts import run_study
+
+    folder, bundle = tmp_path / "study", BUNDLES_DIR / "hippocampus_ce"
+    folder.mkdir()
+    settings = {"label_uncertainty_width": 1.5, "spatial_size": [16, 16, 16]}
+    run_study.write_law_theory(folder, tmp_path / "prepared", [1], settings, bundle)
+    written = folder / "label_law_theory.json"
+    assert json.loads(written.read_text())["mean_expected"] == pytest.approx(result["mean_expected"])
+    stamp = written.stat().st_mtime_ns
+    run_study.write_law_theory(folder, tmp_path / "prepared", [1], settings, bundle)
+    assert written.stat().st_mtime_ns == stamp
+    run_study.write_law_theory(folder, tmp_path / "prepared", [1], {**settings, "label_uncertainty_width": 0}, bundle)
+    assert json.loads(written.read_text())["width"] == 0

@@ -62,6 +62,25 @@ def augmentations_3d() -> list[dict]:
     ]
 
 
+def volume_defaults(spec: DatasetSpec) -> dict:
+    """3D ids: ``label_uncertainty_width`` (voxels; 0, the default, trains on the labels as they are)."""
+    return {"label_uncertainty_width": 0} if spec.kind == "mri3d" else {}
+
+
+def label_uncertainty_3d() -> dict:
+    """A new annotation per use of a training volume, drawn from custom_losses.label_uncertainty's law."""
+    return {
+        "_target_": "custom_losses.label_uncertainty.RandLabelUncertaintyd",
+        "keys": "label",
+        "width": "@label_uncertainty_width",
+    }
+
+
+# In the 3D training pipeline only when the width is above 0: at 0 the pipeline (and the seeds MONAI gives
+# its random transforms, in their order) is exactly that of the bundles without label uncertainty.
+UNCERTAIN_LABELS = "([@train#label_uncertainty] if @label_uncertainty_width > 0 else [])"
+
+
 # 8-bit RGB image intensities to [0, 1] (training, evaluation and inference alike)
 SCALE_TO_UNIT = {
     "_target_": "ScaleIntensityRanged",
@@ -237,6 +256,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "resume": False,
             "resume_checkpoint_interval_s": 60,
             **({"dbce_radius": spec.dbce_radius} if loss_name == "dbce" else {}),
+            **volume_defaults(spec),
             **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
             **spec.extra_defaults,
             "loss": copy.deepcopy(loss.config),
@@ -395,6 +415,7 @@ TRAINING_SETTINGS = [
     "resume",
     "resume_checkpoint_interval_s",
     "cudnn_benchmark",
+    "label_uncertainty_width",
     "fold",
     *COMMON_SETTINGS,
     "output_dir",
@@ -402,7 +423,16 @@ TRAINING_SETTINGS = [
     "log_dir",
 ]
 # evaluation reads the checkpoints and writes only eval_dir: a read-only model folder is fine
-EVALUATION_SETTINGS = ["val_batch_size", "num_workers", "cache_rate", "seed", "fold", *COMMON_SETTINGS, "eval_dir"]
+EVALUATION_SETTINGS = [
+    "val_batch_size",
+    "num_workers",
+    "cache_rate",
+    "seed",
+    "label_uncertainty_width",
+    "fold",
+    *COMMON_SETTINGS,
+    "eval_dir",
+]
 ENSEMBLE_SETTINGS = ["folds" if name == "fold" else name for name in EVALUATION_SETTINGS]
 INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "prediction_dir"]
 
@@ -442,10 +472,12 @@ def train_data_pipeline(spec: DatasetSpec) -> dict:
     if spec.kind == "mri3d":
         return {
             "deterministic_transforms": load_transforms(spec),
+            # first of the random part: the law is defined in the cached (padded) grid, before any warp
+            "label_uncertainty": label_uncertainty_3d(),
             "random_transforms": augmentations_3d(),
             "preprocessing": {
                 "_target_": "Compose",
-                "transforms": expr("@train#deterministic_transforms + @train#random_transforms"),
+                "transforms": expr(f"@train#deterministic_transforms + {UNCERTAIN_LABELS} + @train#random_transforms"),
             },
             "dataset": cache_dataset("train"),
             "dataloader": data_loader("train", shuffle=True),
@@ -540,12 +572,19 @@ def evaluate_config_3d(spec: DatasetSpec) -> dict:
             "_target_": "Compose",
             "transforms": [
                 {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                # the label law's class probabilities in the training grid, then back with the label
+                {
+                    "_target_": "custom_losses.label_uncertainty.ExpectedLabeld",
+                    "keys": "label",
+                    "output_keys": "expected_label",
+                    "width": "@label_uncertainty_width",
+                },
                 {
                     "_target_": "Invertd",
-                    "keys": ["pred", "label"],
+                    "keys": ["pred", "label", "expected_label"],
                     "transform": "@validate#preprocessing",
                     "orig_keys": "image",
-                    "nearest_interp": [False, True],
+                    "nearest_interp": [False, True, False],
                 },
                 {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
@@ -561,7 +600,15 @@ def evaluate_config_3d(spec: DatasetSpec) -> dict:
             ],
         },
         "validate#key_metric": None,
-        **fold_evaluation(spec, "VolumeMetricsWriter", {"class_names": "@class_names"}),
+        **fold_evaluation(
+            spec,
+            "VolumeMetricsWriter",
+            {
+                "class_names": "@class_names",
+                "expected_key": "expected_label",
+                "label_uncertainty_width": "@label_uncertainty_width",
+            },
+        ),
     }
 
 

@@ -58,7 +58,9 @@ DOCS_3D = {
     "summary, per class (anterior, posterior) and for the whole hippocampus: Dice of the argmax; volume in ml "
     "(voxel size from the header) of the label, of the argmax mask (hard) and of the sum of probabilities "
     "(soft); signed, absolute and relative volume errors; Bland-Altman bias and 95% limits of agreement (hard "
-    "and soft); the expected calibration error of the whole-hippocampus probability (20 bins). The controlled "
+    "and soft); the expected volume of each class under the training label law (`label_uncertainty_width`; the "
+    "label's volume at 0) and the hard and soft errors against it; the expected calibration error of the "
+    "whole-hippocampus probability (20 bins). The controlled "
     "study behind the volume-bias question (known expected volumes, CE vs per-image and batch soft Dice) is "
     "`scripts/volume_bias_study.py` in the repository, with its result in `docs/volume_bias.png`.",
 }
@@ -75,6 +77,18 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             "sweep on fold 1 validation, one study folder per radius: `python scripts/run_study.py "
             f"{spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
             f"--output_dir=study/{spec.name}_dbce_rR` for R in 1, 3, 5, 9 (sweep results: pending a GPU run)."
+        )
+    if spec.kind == "mri3d":
+        overrides.append(
+            "- `label_uncertainty_width` (default 0, voxels): train on labels with known uncertainty. Each use of "
+            "a training volume draws a new annotation (`custom_losses.label_uncertainty.RandLabelUncertaintyd`, "
+            "after the cache, before the spatial augmentation): the outer boundary and the anterior/posterior cut "
+            "move by independent shifts uniform on [-w, w] voxels, so each voxel's class probabilities are exact "
+            "(a linear ramp across a band of 2w voxels). Evaluation writes each volume's expected class volumes "
+            "under the same law (`<class>_expected_ml`, errors `<class>_error_hard_expected_ml` and "
+            "`<class>_error_soft_expected_ml`; at 0 they are the label's volumes): pass the same width to "
+            "`evaluate.json`. A study: `python scripts/run_study.py "
+            f"{spec.name} --data_dir=DATA/{spec.name} --label_uncertainty_width=W --output_dir=study/{spec.name}_wW`."
         )
     if loss.schedule:
         overrides.append(

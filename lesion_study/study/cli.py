@@ -54,6 +54,7 @@ from lesion_study.study.plan import (  # noqa: F401  (the study's names, importa
     ensemble_jobs,
     plan_study,
     planned_jobs,
+    read_json,
 )
 from lesion_study.study.run import run_bundle
 
@@ -179,6 +180,9 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
     try:
         from custom_losses.atomic import write_text_atomic
         from lesion_study.study.report import write_report
+
+        if plan.dataset.volumes:
+            write_law_theory(plan)
     except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
         print(
             f"report skipped: {error.name} is not installed; the runs are complete, build the report with "
@@ -210,6 +214,28 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
         if len(reasons) == 1:  # the same input error everywhere: its one line last
             print(reasons.pop(), file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_law_theory(plan: Plan) -> None:
+    """``OUT/label_law_theory.json`` for a 3D study: each loss's minimiser under the study's label law
+    (``label_uncertainty_width``, default 0) on the held-out volumes (``lesion_study.volume_bias``
+    label_law), for the report; kept when it is of the same width, folds and grid. A volume it cannot use
+    leaves the report without it, with one line saying why."""
+    from lesion_study.study.report import LAW_THEORY_FILE
+    from lesion_study.volume_bias import label_law_theory, write_label_law_theory
+
+    width = float(plan.settings.get("label_uncertainty_width", 0))
+    bundle = plan.bundles_root / plan.names[0]
+    grid = plan.settings.get("spatial_size") or read_json(bundle / "configs" / "train.json")["spatial_size"]
+    path = plan.out / LAW_THEORY_FILE
+    earlier = read_json(path) if path.is_file() else {}
+    if (earlier.get("width"), earlier.get("folds"), earlier.get("spatial_size")) == (width, plan.folds, list(grid)):
+        return
+    print(f"theory: each loss's minimiser under the label law of width {width:g} -> {path}", flush=True)
+    try:
+        write_label_law_theory(path, label_law_theory(plan.data_path, width, plan.folds, grid))
+    except ValueError as error:  # custom_losses InputError included
+        print(f"theory skipped: {error}", flush=True)
 
 
 def report(output_dir: str, reference: str = "ce") -> None:

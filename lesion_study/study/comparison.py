@@ -17,7 +17,7 @@ import numpy as np
 
 from custom_losses.handlers import CSV_FIELDS
 from lesion_study.study.layout import ReportInputError
-from lesion_study.study.statistics import holm, mcnemar_exact, mean_ci, paired_difference
+from lesion_study.study.statistics import holm, mcnemar_exact, mean_ci, median_ci, paired_difference
 
 
 def _number(text: str) -> float:
@@ -439,3 +439,164 @@ GALDRAN_PAIRED = [DICE_ALL] + [
     for m in LESION_PAIRED
     if m.key in ("dice_lesion", "lesion_free_fp_area", "lesion_free_with_lesion", "lesion_missed")
 ]
+
+
+# Volumes against the expected volume of the training label law (custom_losses.label_uncertainty): per class
+# and whole, from the argmax mask and from the probabilities.
+LAW_VOLUMES = ("anterior", "posterior", "whole")
+LAW_KINDS = (("hard", "mask"), ("soft", "probabilities"))
+
+
+def expected_error(row: dict, name: str, kind: str) -> float:
+    """``name``'s hard or soft volume error (ml) against the expected volume of the label law. A row written
+    before evaluations wrote expected volumes (such runs had no label uncertainty) is taken against the
+    label's volume, which is then the expected volume."""
+    column = f"{name}_error_{kind}_expected_ml"
+    return _number(row[column]) if column in row else _number(row[f"{name}_error_{kind}_ml"])
+
+
+def expected_volume(row: dict, name: str) -> float:
+    """The expected volume of ``name`` (ml); the label's for rows without it (see :func:`expected_error`)."""
+    column = f"{name}_expected_ml"
+    return _number(row[column]) if column in row else _number(row[f"{name}_true_ml"])
+
+
+EXPECTED_PAIRED = [
+    PairedMetric(
+        f"{name}_error_{kind}_expected_ml",
+        f"{name}, {source}",
+        lambda r, n=name, k=kind: expected_error(r, n, k),
+        "all",
+        1.0,
+        "ml",
+        "zero",
+    )
+    for name in LAW_VOLUMES
+    for kind, source in LAW_KINDS
+]
+
+# which minimiser of scripts/volume_bias_study.label_law_ideal_volumes a loss has, per source (mask, probabilities)
+THEORY_LOSSES = {"ce": ("ce_hard", "ce"), "dice": ("dice", "dice"), "batch_dice": ("batch_dice", "batch_dice")}
+
+
+def _interval(estimate: tuple[float, float, float], digits: int = 3) -> str:
+    value, low, high = estimate
+    return f"{value:+.{digits}f}" + ("" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
+
+
+def theory_bias(theory: dict, loss: str, name: str, kind: str, images: set[str]) -> tuple[float, float] | None:
+    """Mean bias (ml) and mean relative bias of ``loss``'s minimiser for ``name`` over ``images`` (the volumes of
+    the theory file that were evaluated), or None when the calculation has no minimiser for that loss or
+    none of the volumes."""
+    if loss not in THEORY_LOSSES:
+        return None
+    minimiser = THEORY_LOSSES[loss][0 if kind == "hard" else 1]
+    entries = [e for e in theory["volumes"] if e.get("image") in images]
+    if not entries:
+        return None
+    bias = float(np.mean([e["bias"][minimiser][name] for e in entries]))
+    return bias, bias / float(np.mean([e["expected"][name] for e in entries]))
+
+
+def expected_volume_lines(
+    runs_by_loss: dict[str, dict[str, list[dict]]],
+    reference: str,
+    width: float,
+    theory: dict | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """The section on volume errors against the expected volume: per class and whole, from the mask and the
+    probabilities, mean and median over volumes with 95% intervals and, against ``reference``, the paired
+    mean and median differences; then the Dice each loss reaches next to its bias, and the minimisers' bias
+    that the controlled study's calculation gives for this law (``theory``, label_law_theory.json)."""
+    if not runs_by_loss:
+        return []
+    has_reference = reference in runs_by_loss and len(runs_by_loss) > 1
+    paired = (
+        {(r["loss"], r["metric"].key): r for r in compare(runs_by_loss, reference, EXPECTED_PAIRED, seed)}
+        if (has_reference)
+        else {}
+    )
+    lines = [
+        f"### Volume error against the expected volume (label law width {width:g} voxels)",
+        "",
+        "The expected volume of a class is the sum of its per-voxel probabilities under the label law the",
+        "models were trained on (`custom_losses.label_uncertainty`; at width 0, the label's volume): what an",
+        "unbiased model hits. Error = predicted minus expected, in ml, per volume (averaged over a loss's runs).",
+        "",
+        f"| volume | from | loss | mean [95% CI] | median [95% CI] | mean - {reference} [95% CI] | "
+        f"median of differences to {reference} [95% CI] | Holm p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for metric in EXPECTED_PAIRED:
+        name, source = metric.title.split(", ")
+        reference_values = per_image_values(runs_by_loss.get(reference, {}), metric)
+        for loss, rows_by_image in runs_by_loss.items():
+            values = per_image_values(rows_by_image, metric)
+            if not values:
+                continue
+            cells = [
+                _interval(mean_ci(list(values.values()), seed=seed)),
+                _interval(median_ci(list(values.values()), seed=seed)),
+            ]
+            result = paired.get((loss, metric.key))
+            if result is None:
+                cells += ["", "", ""]
+            else:
+                images = sorted(set(values) & set(reference_values))
+                differences = [values[i] - reference_values[i] for i in images]
+                cells += [
+                    format_difference(result),
+                    _interval(median_ci(differences, seed=seed)),
+                    format_p(result["p_holm"]),
+                ]
+            lines.append(f"| {name} | {source} | {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Intervals: 95% BCa bootstrap over volumes (percentile where BCa is undefined), 9999 resamples, seed",
+        f"{seed}; the paired differences resample volumes with both losses' values. Holm p: Wilcoxon signed-rank",
+        f"test of the paired differences, Holm's correction over the losses compared with {reference}, per row",
+        "group. Bold: the interval of the mean difference excludes 0.",
+        "",
+    ]
+    dice_metrics = {n: next(m for m in VOLUME_PAIRED if m.key == f"{n}_dice") for n in LAW_VOLUMES}
+    theory_note = theory is not None
+    head = "| loss | Dice whole | anterior | posterior | bias whole, mask | bias whole, prob. | anterior, prob. | "
+    head += "posterior, prob. |"
+    rule = "|---|---|---|---|---|---|---|---|"
+    if theory_note:
+        head += " theory: whole, mask | whole, prob. | anterior | posterior |"
+        rule += "---|---|---|---|"
+    lines += ["### Dice next to the volume bias, and what the calculation predicts", "", head, rule]
+    biases = {
+        (n, k): next(m for m in EXPECTED_PAIRED if m.key == f"{n}_error_{k}_expected_ml")
+        for n in LAW_VOLUMES
+        for k in ("hard", "soft")
+    }
+    for loss, rows_by_image in runs_by_loss.items():
+        cells = []
+        for name in LAW_VOLUMES:
+            values = per_image_values(rows_by_image, dice_metrics[name])
+            cells.append(f"{100 * np.mean(list(values.values())):.1f}" if values else "n/a")
+        for name, kind in (("whole", "hard"), ("whole", "soft"), ("anterior", "soft"), ("posterior", "soft")):
+            values = per_image_values(rows_by_image, biases[(name, kind)])
+            cells.append(f"{np.mean(list(values.values())):+.3f}" if values else "n/a")
+        if theory_note:
+            images = set(rows_by_image)
+            for name, kind in (("whole", "hard"), ("whole", "soft"), ("anterior", "soft"), ("posterior", "soft")):
+                predicted = theory_bias(theory, loss, name, kind, images)
+                cells.append("n/a" if predicted is None else f"{predicted[0]:+.3f} ({100 * predicted[1]:+.1f}%)")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Dice: mean over volumes (points); bias: mean error against the expected volume (ml).",
+    ]
+    if theory_note:
+        lines += [
+            "Theory: the bias of each loss's minimiser of the expected training loss under this law (width",
+            f"{theory['width']:g}), mean over the same volumes, ml and % of the expected volume",
+            "(`scripts/volume_bias_study.py label_law`): CE's probabilities are unbiased and its mask is the argmax",
+            "of the law's probabilities; per-image soft Dice's minimiser is the best 0/1 map (the controlled",
+            "study's calculation); batch soft Dice's the large-batch limit. No calculation for the mixed losses.",
+        ]
+    return lines + [""]

@@ -1,7 +1,7 @@
 """The study report: every run's summary JSON and per-image CSV -> results.csv, results.md and PNG plots.
 
 A run is one (bundle, seed, fold) in ``OUTPUT/runs/<bundle>/seed<s>/``; the per-run tables give the mean
-and spread over runs, the paired sections (scripts/study_comparison.py) compare each loss with a
+and spread over runs, the paired sections (lesion_study/study/comparison.py) compare each loss with a
 reference loss image by image.
 """
 
@@ -21,6 +21,7 @@ from PIL import Image  # noqa: E402
 
 from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
 from custom_losses.conventions import lesion_pixels  # noqa: E402
+from custom_losses.metrics import bland_altman  # noqa: E402
 from lesion_study.study.comparison import (  # noqa: E402
     GALDRAN_2022,
     GALDRAN_PAIRED,
@@ -33,6 +34,8 @@ from lesion_study.study.comparison import (  # noqa: E402
     claim_lines,
     compare,
     csv_columns,
+    expected_volume,
+    expected_volume_lines,
     format_difference,
     format_p,
     image_means,
@@ -86,6 +89,8 @@ COLUMN_MEANINGS = {
     "whole_abs_error_soft_ml": "|summed probabilities - true volume|, ml",
     "anterior_error_soft_ml": "summed anterior probabilities minus true anterior volume, ml",
     "posterior_error_soft_ml": "summed posterior probabilities minus true posterior volume, ml",
+    "whole_error_hard_expected_ml": "predicted mask minus expected whole volume under the label law, ml",
+    "whole_error_soft_expected_ml": "summed probabilities minus expected whole volume under the label law, ml",
 }
 
 
@@ -99,6 +104,8 @@ VOLUME_METRICS = [
     ("whole_abs_error_soft_ml", "abs. vol. err. soft (ml)", "min"),
     ("anterior_error_soft_ml", "anterior err. soft (ml)", "zero"),
     ("posterior_error_soft_ml", "posterior err. soft (ml)", "zero"),
+    ("whole_error_hard_expected_ml", "vol. err. hard vs expected (ml)", "zero"),
+    ("whole_error_soft_expected_ml", "vol. err. soft vs expected (ml)", "zero"),
     ("ece", "ECE", "min"),
 ]
 
@@ -312,6 +319,48 @@ def plot_area_errors(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], 
     fig.suptitle("boxes: per-image errors; red: mean with 95% CI over images", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "area_errors.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_bland_altman_expected(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]]) -> None:
+    """Bland-Altman per loss: whole volume predicted minus expected (label law) against their mean, per
+    volume (averaged over runs), from probabilities (dots) and mask (crosses), bias and 95% limits."""
+    losses = list(runs_by_loss)
+    if not losses:
+        return
+    columns = min(len(losses), 3)
+    rows = math.ceil(len(losses) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.8 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(losses) :]:
+        ax.axis("off")
+    for ax, loss in zip(axes.flat, losses, strict=False):
+        for kind, marker, colour in (("soft", "o", "tab:blue"), ("hard", "x", "tab:orange")):
+            points = []
+            for rows_of_image in runs_by_loss[loss].values():
+                predicted = [_number(r[f"whole_{kind}_ml"]) for r in rows_of_image]
+                expected = [expected_volume(r, "whole") for r in rows_of_image]
+                points.append((float(np.mean(predicted)), float(np.mean(expected))))
+            mean = [(p + e) / 2 for p, e in points]
+            difference = [p - e for p, e in points]
+            label = "probabilities" if kind == "soft" else "mask"
+            ax.scatter(mean, difference, s=12, marker=marker, color=colour, label=label, alpha=0.8)
+            limits = bland_altman(difference)
+            if limits["bias"] is not None:
+                style = "-" if kind == "soft" else "--"
+                for value in (limits["bias"], limits["lower_limit"], limits["upper_limit"]):
+                    ax.axhline(value, color=colour, linestyle=style, linewidth=1 if value == limits["bias"] else 0.6)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(loss, fontsize=10)
+        ax.set_xlabel("(predicted + expected) / 2, whole (ml)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted - expected (ml)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        "Bland-Altman against the expected volume of the label law: lines = bias and 95% limits of agreement",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out / "bland_altman_expected.png", dpi=120)
     plt.close(fig)
 
 
@@ -649,7 +698,7 @@ def galdran_lines(
         ]
     else:
         lines += [
-            "Galdran et al.'s own figures (arXiv 2209.06078; `GALDRAN_2022` in scripts/study_comparison.py) are "
+            "Galdran et al.'s own figures (arXiv 2209.06078; `GALDRAN_2022` in lesion_study/study/comparison.py) are "
             f"of the polyp data (EndoTect test set); none are set beside study `{dataset}`: the tables give its "
             "figures in his measures.",
             "",
@@ -812,6 +861,21 @@ def settings_lines(out: Path, names: list[str], folds: list[int], seeds: list[in
     return lines
 
 
+LAW_THEORY_FILE = "label_law_theory.json"  # scripts/volume_bias_study.py label_law, written by run_study.py
+
+
+def law_lines(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], reference: str, settings: dict) -> list[str]:
+    """The volume errors against the label law's expected volume, with the calculation's prediction when
+    ``OUT/label_law_theory.json`` is of the study's width (``label_uncertainty_width``, default 0)."""
+    width = settings.get("label_uncertainty_width", 0)
+    theory = _read_json(out / LAW_THEORY_FILE)
+    note = []
+    if theory is not None and not math.isclose(float(theory.get("width", math.nan)), float(width)):
+        note = [f"({LAW_THEORY_FILE} is of width {theory.get('width')}, not the study's {width}: left out.)", ""]
+        theory = None
+    return expected_volume_lines(runs_by_loss, reference, float(width), theory) + note
+
+
 def write_report(
     out: Path,
     names: list[str],
@@ -862,6 +926,8 @@ def write_report(
     if not volumes:
         ensembles_by_loss = {loss_of(n): read_runs(p) for n in names if (p := ensemble_csvs(out, n, seeds))}
         lines += galdran_lines(dataset, records, runs_by_loss, ensembles_by_loss, last_validation(by_run), reference)
+    if volumes:
+        lines += law_lines(out, runs_by_loss, reference, settings)
 
     paired_by_loss, paired_fields = csv_columns(comparison)
     for row in rows:
@@ -877,6 +943,8 @@ def write_report(
             plot_dice_vs_fp(out, runs_by_loss)
             plot_examples(out, names, folds[0], seeds[0])
         plot_area_errors(out, runs_by_loss, volumes)
+        if volumes:
+            plot_bland_altman_expected(out, runs_by_loss)
         plot_reliability(out, records)
     if curves:
         plot_validation_curves(out, curves)

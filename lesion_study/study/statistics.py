@@ -40,20 +40,32 @@ def mean_ci(
 
     All-equal values have a zero-width interval; a single value has none (NaN bounds).
     """
+    return _bootstrap_ci(values, np.mean, confidence, resamples, seed)
+
+
+def median_ci(
+    values: Sequence[float], confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float, float]:
+    """Median of ``values`` and its bootstrap confidence interval ``(median, low, high)``, as :func:`mean_ci`
+    (BCa where it is defined, else the percentile interval)."""
+    return _bootstrap_ci(values, np.median, confidence, resamples, seed)
+
+
+def _bootstrap_ci(values, statistic, confidence: float, resamples: int, seed: int) -> tuple[float, float, float]:
     array = _as_array(values, "values")
     if array.size == 0:
         raise ValueError("no values to average")
-    mean = float(array.mean())
+    estimate = float(statistic(array))
     if array.size == 1:
-        return mean, math.nan, math.nan
+        return estimate, math.nan, math.nan
     if np.all(array == array[0]):
-        return mean, mean, mean
+        return estimate, estimate, estimate
     low, high = math.nan, math.nan
     for method in ("BCa", "percentile"):  # BCa is undefined for some degenerate resamples
         with np.errstate(all="ignore"):
             result = stats.bootstrap(
                 (array,),
-                np.mean,
+                statistic,
                 confidence_level=confidence,
                 n_resamples=resamples,
                 method=method,
@@ -63,7 +75,7 @@ def mean_ci(
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if not (math.isnan(low) or math.isnan(high)):
             break
-    return mean, low, high
+    return estimate, low, high
 
 
 def paired_difference(
