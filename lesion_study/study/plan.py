@@ -54,8 +54,10 @@ SETTINGS = {
 }
 
 
-def bundle_names(dataset: StudyDataset, bundles: list[str] | str | None, bundles_dir: Path) -> list[str]:
+def bundle_names(dataset: StudyDataset | str, bundles: list[str] | str | None, bundles_dir: Path) -> list[str]:
     """Bundle folders to run: ``<prefix>_<loss>`` for the chosen losses (default: every loss of the dataset)."""
+    if isinstance(dataset, str):
+        dataset = study_datasets()[dataset]
     prefix = dataset.bundle_prefix
     if bundles is None:
         names = [f"{prefix}_{loss}" for loss in dataset.losses]
