@@ -126,7 +126,8 @@ def test_zip_holds_the_model_zoo_layout(exported):
     with zipfile.ZipFile(exported) as archive:
         names = set(archive.namelist())
     vendored = {f"{BUNDLE}/scripts/custom_losses/{p.relative_to(PACKAGE_DIR).as_posix()}" for p in vendored_modules()}
-    assert {f"{BUNDLE}/scripts/custom_losses/{m}.py" for m in ("__init__", "networks", "handlers", "data")} <= vendored
+    modules = ("__init__", "networks", "handlers/__init__", "handlers/checkpoints", "handlers/evaluation", "data")
+    assert {f"{BUNDLE}/scripts/custom_losses/{m}.py" for m in modules} <= vendored
     configs = {f"{BUNDLE}/configs/{p.name}" for p in (BUNDLES_DIR / BUNDLE / "configs").iterdir()}
     configs.remove(f"{BUNDLE}/configs/evaluate_ensemble.json")  # the five fold models of a study are not shipped
     expected = {f"{BUNDLE}/{name}" for name in ("LICENSE", "docs/README.md", "docs/data_license.txt")}
