@@ -32,13 +32,13 @@ from pathlib import Path
 import fire
 import torch
 from monai.bundle import ConfigParser, ckpt_export
-from monai.bundle.reference_resolver import ReferenceResolver
 
 import custom_losses
 from custom_losses.atomic import replace_atomically
 from custom_losses.handlers import checkpoint_mismatch
 from lesion_study.paths import BUNDLES_DIR
 from lesion_study.study.layout import ReportInputError, read_settings, settings_file
+from lesion_study.study.plan import top_level_id
 
 PACKAGE = "custom_losses"
 PACKAGE_DIR = Path(custom_losses.__file__).resolve().parent
@@ -238,11 +238,6 @@ def required_packages(configs: dict[str, dict], meta: dict, code: list[Path]) ->
             packages[distribution] = importlib_metadata.version(distribution)
             known.add(distribution)
     return packages
-
-
-def top_level_id(key: str) -> str:
-    """``network_def`` of ``network_def#backbone`` or ``network_def::backbone``."""
-    return ReferenceResolver.split_id(key)[0]
 
 
 def carried_overrides(overrides: dict) -> dict:

@@ -20,8 +20,9 @@ from monai.data import load_net_with_metadata
 from monai.utils import set_determinism
 from PIL import Image
 
-from lesion_study.bundlegen.cli import BUNDLES_DIR, RANK0_TRAIN_HANDLERS, SCHEMA_FILE, all_bundles, index_readme
-from lesion_study.bundlegen.configs import SELECTION_START
+from lesion_study.bundlegen.cli import BUNDLES_DIR, SCHEMA_FILE, all_bundles, index_readme
+from lesion_study.bundlegen.configs import SELECTION_START, rank0_train_handlers
+from lesion_study.bundlegen.specs import DATASETS
 from lesion_study.synthetic import write_prepared_polyp
 
 GENERATED = all_bundles()
@@ -99,7 +100,7 @@ def test_the_bundles_of_a_dataset_differ_only_in_the_loss(dataset):
         differing = {key for key in set(config) | set(reference) if config.get(key) != reference.get(key)}
         assert differing <= {"loss", "train", "dbce_radius", "alpha_schedule"}, (name, differing)
         handler_targets = [h["_target_"] for h in config["train"]["handlers"]]
-        assert handler_targets[-RANK0_TRAIN_HANDLERS:] == [
+        assert handler_targets[-len(rank0_train_handlers(DATASETS[name.split("_")[0]], {})) :] == [
             "StatsHandler",
             "TensorBoardStatsHandler",
             "custom_losses.handlers.EpochCheckpointSaver",

@@ -234,6 +234,33 @@ def dice_metric(spec: DatasetSpec) -> dict:
 SELECTION_START = "custom_losses.schedules.selection_start_epoch(@alpha_schedule, @epochs)"
 
 
+def rank0_train_handlers(spec: DatasetSpec, resume_state: dict) -> list[dict]:
+    """The last train handlers: logging and checkpoints, which only rank 0 runs under DDP (multi_gpu_train.json
+    drops them on the other ranks)."""
+    return [
+        {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": loss_output(spec)},
+        {
+            "_target_": "TensorBoardStatsHandler",
+            "log_dir": "@log_dir",
+            "tag_name": "train_loss",
+            "output_transform": loss_output(spec),
+        },
+        {
+            "_target_": "custom_losses.handlers.EpochCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": resume_state,
+            "min_interval_s": "@resume_checkpoint_interval_s",
+        },
+        {
+            "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
+            "save_dir": "@ckpt_dir",
+            "save_dict": {"model": "@network"},
+            "save_final": True,
+            "final_filename": "model_final.pt",
+        },
+    ]
+
+
 def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     loss = LOSSES[loss_name]
     config = common_config(spec)
@@ -274,7 +301,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
         }
     )
     post = hard_postprocessing(spec)
-    # Schedulers first; the last RANK0_TRAIN_HANDLERS (logging, checkpoints) run on rank 0 only under DDP.
+    # Schedulers first; the rank-0 handlers (logging, checkpoints) last: only rank 0 runs them under DDP.
     training_state = {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     # a resume also restores the best validation value and which model model.pt is
     resume_state = {**training_state, "evaluator": "@validate#evaluator"}
@@ -308,27 +335,8 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "epoch_level": True,
             "interval": "@val_interval",
         },
-        {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": loss_output(spec)},
-        {
-            "_target_": "TensorBoardStatsHandler",
-            "log_dir": "@log_dir",
-            "tag_name": "train_loss",
-            "output_transform": loss_output(spec),
-        },
-        {
-            "_target_": "custom_losses.handlers.EpochCheckpointSaver",
-            "save_dir": "@ckpt_dir",
-            "save_dict": resume_state,
-            "min_interval_s": "@resume_checkpoint_interval_s",
-        },
-        {
-            "_target_": "custom_losses.handlers.AtomicCheckpointSaver",
-            "save_dir": "@ckpt_dir",
-            "save_dict": {"model": "@network"},
-            "save_final": True,
-            "final_filename": "model_final.pt",
-        },
     ]
+    handlers += rank0_train_handlers(spec, resume_state)
     config["train"] = {
         "datalist": expr(
             "custom_losses.data.fold_split(@datalist_file, @dataset_dir, @fold, 'train', num_classes=@num_classes, "
@@ -847,9 +855,10 @@ def finetune_config(spec: DatasetSpec) -> dict:
     }
 
 
-def multi_gpu_config(spec: DatasetSpec, num_rank0_handlers: int) -> dict:
+def multi_gpu_config(spec: DatasetSpec) -> dict:
     """Merged over train.json for ``torchrun``: DDP, DistributedSampler, NCCL on GPU and gloo on CPU. The
     settings are checked before the process group starts: every rank stops with the line, none waits."""
+    num_rank0_handlers = len(rank0_train_handlers(spec, {}))
     error_report, check, *seeding = training_initialization(spec)
     return {
         "device": expr(

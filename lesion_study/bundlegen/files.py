@@ -18,7 +18,7 @@ from .configs import (
 )
 from .docs import docs_readme, results_table
 from .metadata import metadata
-from .specs import DATASETS, RANK0_TRAIN_HANDLERS, RESULTS_DIR, DatasetSpec, measured_results
+from .specs import DATASETS, RESULTS_DIR, DatasetSpec, measured_results
 
 
 def dump_json(data: dict) -> str:
@@ -38,7 +38,7 @@ def bundle_files(spec: DatasetSpec, loss_name: str, results_dir: Path = RESULTS_
             else {"configs/evaluate_ensemble.json": dump_json(evaluate_ensemble_config(spec))}
         ),
         "configs/inference.json": dump_json(inference_config(spec)),
-        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(spec, RANK0_TRAIN_HANDLERS)),
+        "configs/multi_gpu_train.json": dump_json(multi_gpu_config(spec)),
         "configs/finetune.json": dump_json(finetune_config(spec)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": docs_readme(spec, loss_name, results_table(spec, loss_name, results)),

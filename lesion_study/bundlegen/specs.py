@@ -206,9 +206,6 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {name: load_dataset_spec(SPECS_DIR / f"{name}.yaml") for name in BUILTIN_DATASETS}
 
-# StatsHandler, TensorBoardStatsHandler, EpochCheckpointSaver, final CheckpointSaver: last in train#handlers
-RANK0_TRAIN_HANDLERS = 4
-
 
 def measured_results(spec: DatasetSpec, results_dir: Path = RESULTS_DIR) -> dict:
     """Published results of a dataset's bundles (``<results_dir>/<dataset>.json``, per loss), if any."""
