@@ -1,6 +1,6 @@
 """Losses, loss schedules and lesion metrics for the lesion-loss MONAI bundles."""
 
-from . import augment, data, errors, handlers, inference, metrics, networks, precision, settings
+from . import augment, data, errors, handlers, inference, metrics, networks, precision, settings, training
 from .augment import BatchAugmentation
 from .compound import CEDiceLoss
 from .cross_entropy import (
@@ -40,4 +40,5 @@ __all__ = [
     "precision",
     "region_balanced_weights",
     "settings",
+    "training",
 ]
