@@ -139,17 +139,9 @@ class LesionMetricsWriter(_EvaluationWriter):
         return summary
 
 
-# evaluation_model -> the checkpoint file of a fold's models/fold<k>/ that evaluation and inference read
+# evaluation_model -> the checkpoint file of a fold's models/fold<k>/ that evaluation, the fold ensemble and
+# inference read: best (the best validation epoch) or final (the last epoch, as Galdran et al. evaluate)
 EVALUATED_MODEL_FILES = {"best": "model.pt", "final": "model_final.pt"}
-
-
-def evaluated_checkpoint(ckpt_dir: str | os.PathLike, evaluation_model: str = "best") -> str:
-    """``ckpt_dir/model.pt`` (``best``: the best validation epoch) or ``ckpt_dir/model_final.pt`` (``final``:
-    the last epoch, as Galdran et al. evaluate)."""
-    if evaluation_model not in EVALUATED_MODEL_FILES:
-        choices = ", ".join(EVALUATED_MODEL_FILES)
-        raise ValueError(f"evaluation_model must be one of {choices}, got {evaluation_model!r}")
-    return os.path.join(str(ckpt_dir), EVALUATED_MODEL_FILES[evaluation_model])
 
 
 def existing_checkpoint(path: str | os.PathLike) -> str:

@@ -6,6 +6,7 @@ export)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import shutil
@@ -23,6 +24,7 @@ from PIL import Image
 
 from custom_losses.augment import PRESETS, BatchAugmentation, colour_jitter, preset_augmentation
 from custom_losses.errors import InputError, error_line, find_input_error
+from custom_losses.handlers import EVALUATED_MODEL_FILES
 from custom_losses.networks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -31,6 +33,7 @@ from custom_losses.networks import (
     torchvision_state_dict,
 )
 from custom_losses.settings import SettingError, check_settings
+from scripts.bundlegen.configs import EVALUATED_FILE
 from scripts.export_bundle import export_bundle
 from scripts.make_bundles import BUNDLES_DIR
 from scripts.run_study import SETTINGS, check_overrides, run_bundle
@@ -191,6 +194,8 @@ def test_defaults_keep_the_bundles_recipe():
     )
     for name in ("evaluate.json", "inference.json"):
         assert json.loads((BUNDLES_DIR / BUNDLE / "configs" / name).read_text())["evaluation_model"] == "best"
+    # the configs' file names are the export's (custom_losses.handlers.EVALUATED_MODEL_FILES)
+    assert ast.literal_eval(EVALUATED_FILE.split("[@")[0]) == EVALUATED_MODEL_FILES
     parser = ConfigParser(train)
     parser["train#datalist"] = [{"image": "unused", "label": "unused"}] * 4
     parser["train#dataset"] = [0, 1, 2, 3]

@@ -449,7 +449,9 @@ ENSEMBLE_SETTINGS = ["folds" if name == "fold" else name for name in EVALUATION_
 INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "evaluation_model", "prediction_dir"]
 # which checkpoint evaluation, the fold ensemble and inference read: best (model.pt, the best validation
 # epoch) or final (model_final.pt, the last epoch: Galdran et al.'s)
-EVALUATED_CHECKPOINT = expr("custom_losses.handlers.evaluated_checkpoint(@ckpt_dir, @evaluation_model)")
+# (custom_losses.handlers.EVALUATED_MODEL_FILES; plain Python: an export keeps the expression as it is)
+EVALUATED_FILE = "{'best': 'model.pt', 'final': 'model_final.pt'}[@evaluation_model]"
+EVALUATED_CHECKPOINT = expr(f"os.path.join(@ckpt_dir, {EVALUATED_FILE})")
 
 
 def checked_settings(names: list[str], config_ids) -> dict:
@@ -685,8 +687,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "["
             + prepared_network(
                 "custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
-                "custom_losses.handlers.evaluated_checkpoint(os.path.join(@output_dir, 'models', 'fold' + str(k)), "
-                "@evaluation_model), @device)",
+                f"os.path.join(@output_dir, 'models', 'fold' + str(k), {EVALUATED_FILE}), @device)",
                 spec,
             )
             + " for k in @folds]"
