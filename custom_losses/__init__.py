@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (a light ``import cu
         networks,
         precision,
         settings,
+        training,
     )
     from .augment import BatchAugmentation
     from .compound import CEDiceLoss
@@ -60,6 +61,7 @@ __all__ = [
     "precision",
     "region_balanced_weights",
     "settings",
+    "training",
 ]
 
 SUBMODULES = (
@@ -74,6 +76,7 @@ SUBMODULES = (
     "networks",
     "precision",
     "settings",
+    "training",
 )
 NAME_MODULES = {
     "BatchAugmentation": "augment",

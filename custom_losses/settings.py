@@ -105,6 +105,18 @@ def _is_size(value: Any, network: Network) -> bool:
 
 
 def image_size(value: Any, network: Network) -> str | None:
+    """A square side, or ``[height, width]`` (2D), each a multiple of the network's downsampling."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 2 and all(_is_size(s, network) for s in value):
+            return None
+        problem = (
+            f"must be a positive multiple of {network.multiple} or [height, width] of two ({_downsampling(network)}), "
+            + _got(value)
+        )
+        if len(value) == 2 and all(_is_number(s) and s > 0 for s in value):
+            # rounded up: more pixels rather than fewer
+            problem += f": e.g. {[max(1, math.ceil(s / network.multiple)) * network.multiple for s in value]}"
+        return problem
     if _is_size(value, network):
         return None
     problem = f"must be a positive multiple of {network.multiple} ({_downsampling(network)}), {_got(value)}"
@@ -171,6 +183,42 @@ def precision_name(value: Any, network: Network) -> str | None:
     return None if value in PRECISIONS else f"must be one of {', '.join(PRECISIONS)}, {_got(value)}"
 
 
+def one_of(*choices: str) -> Rule:
+    """A rule: the value is one of ``choices``."""
+
+    def rule(value: Any, network: Network) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}, {_got(value)}"
+
+    return rule
+
+
+def encoder_weights(value: Any, network: Network) -> str | None:
+    """``none``, ``imagenet`` (torchvision's download) or the path of a torchvision state-dict file (read,
+    and its existence checked, when training builds the network: inference only needs the encoder's layout)."""
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        return None
+    return f"must be none, imagenet or the path of a torchvision ResNet state dict (.pth), {_got(value)}"
+
+
+def _pretrained_needs_imagenet_inputs(settings: dict[str, Any]) -> str | None:
+    if str(settings["pretrained_encoder"]) != "none" and settings["input_normalization"] != "imagenet":
+        return (
+            f"pretrained_encoder {settings['pretrained_encoder']} needs input_normalization imagenet (torchvision's "
+            f"ImageNet weights expect ImageNet-normalised inputs), got input_normalization "
+            f"{settings['input_normalization']!r}"
+        )
+    return None
+
+
+def _lr_min_below_learning_rate(settings: dict[str, Any]) -> str | None:
+    if settings["lr_min"] >= settings["learning_rate"]:
+        return (
+            f"lr_min must be below learning_rate (the cosine schedule decays from learning_rate to lr_min), "
+            f"got lr_min {settings['lr_min']!r} and learning_rate {settings['learning_rate']!r}"
+        )
+    return None
+
+
 # id -> rule, in the order they are checked (the first problem is reported)
 RULES: dict[str, Rule] = {
     "epochs": positive_int,
@@ -178,6 +226,11 @@ RULES: dict[str, Rule] = {
     "val_batch_size": positive_int,
     "learning_rate": positive_number,
     "weight_decay": non_negative_number,
+    "optimizer_name": one_of("adamw", "nadam"),
+    "lr_schedule": one_of("cosine_epoch", "cosine_iteration"),
+    "lr_min": non_negative_number,
+    "augmentation": one_of("monai", "galdran"),
+    "dbce_radius": positive_int,
     "val_interval": positive_int,
     "num_workers": non_negative_int,
     "cache_rate": fraction,
@@ -194,6 +247,9 @@ RULES: dict[str, Rule] = {
     "spatial_size": spatial_size,
     "device": available_device,
     "precision": precision_name,
+    "input_normalization": one_of("none", "imagenet"),
+    "pretrained_encoder": encoder_weights,
+    "evaluation_model": one_of("best", "final"),
     "output_dir": writable_folder,
     "ckpt_dir": writable_folder,
     "log_dir": writable_folder,
@@ -202,11 +258,24 @@ RULES: dict[str, Rule] = {
 }
 
 
+# rules on several ids together, checked once each id has passed its own rule (when the config has them all)
+JOINT_RULES: list[tuple[tuple[str, ...], Callable[[dict[str, Any]], str | None]]] = [
+    (("pretrained_encoder", "input_normalization"), _pretrained_needs_imagenet_inputs),
+    (("lr_min", "learning_rate"), _lr_min_below_learning_rate),
+]
+
+
 def check_settings(settings: dict[str, Any], network: str, spatial_dims: int, strides: Sequence[int]) -> None:
     """Raise :class:`SettingError` for the first id of ``settings`` (id -> value) that breaks its rule in
-    :data:`RULES`. ``network``, ``spatial_dims``, ``strides`` (its downsampling factors): for the sizes."""
+    :data:`RULES`, then for the first broken rule of :data:`JOINT_RULES`. ``network``, ``spatial_dims``,
+    ``strides`` (its downsampling factors): for the sizes."""
     described = Network(network, spatial_dims, strides)
     for name in sorted(settings, key=list(RULES).index):
         problem = RULES[name](settings[name], described)
         if problem:
             raise SettingError(f"{name} {problem}")
+    for names, rule in JOINT_RULES:
+        if all(name in settings for name in names):
+            problem = rule(settings)
+            if problem:
+                raise SettingError(problem)

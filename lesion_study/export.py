@@ -35,7 +35,7 @@ from monai.bundle import ConfigParser, ckpt_export
 
 import custom_losses
 from custom_losses.atomic import replace_atomically
-from custom_losses.handlers import checkpoint_mismatch
+from custom_losses.handlers import EVALUATED_MODEL_FILES, checkpoint_mismatch
 from lesion_study.paths import BUNDLES_DIR
 from lesion_study.study.layout import ReportInputError, read_settings, settings_file
 from lesion_study.study.plan import top_level_id
@@ -298,7 +298,8 @@ def export_notes(bundle: str, version: str, fold: int | None, overrides: dict | 
     if fold is None:
         weights = "- No weights: train first; checkpoints go to `<output_dir>/models/fold<k>/` as above.\n"
     else:
-        weights = f"""- `models/model.pt`: state dict of the best validation model of fold {fold}; `models/model.ts`:
+        which = "last epoch's" if (overrides or {}).get("evaluation_model") == "final" else "best validation"
+        weights = f"""- `models/model.pt`: state dict of the {which} model of fold {fold}; `models/model.ts`:
   the same network in TorchScript; `large_files.yml`: their sha256.
 - Evaluation and inference read `<output_dir>/models/model.pt` (default: the shipped model). Training writes
   its checkpoints to `<output_dir>/models/`: pass `--output_dir` to keep the shipped model, e.g. to fine-tune it
@@ -458,7 +459,9 @@ def export_bundle(
 
     Args:
         bundle: name of the bundle, a folder of ``bundles_dir`` (e.g. polyp_ce).
-        fold: the fold whose best checkpoint, RUN_DIR/models/fold<fold>/model.pt, is shipped as models/model.pt.
+        fold: the fold whose evaluated checkpoint is shipped as models/model.pt: RUN_DIR/models/fold<fold>/model.pt
+            (the best validation epoch), or model_final.pt when the run was evaluated with its last epoch
+            (``evaluation_model`` final, as in the galdran_cpu setting).
         output_dir: folder of the zip (created if needed).
         bundles_dir: folder of the bundles (default: this repo's bundles/).
         run_dir: folder with the trained models/ (default: the bundle folder; the study runner writes
@@ -487,13 +490,20 @@ def export_bundle(
         raise ExportError(f'--overrides must be a JSON object such as {{"image_size": 128}}, got {overrides!r}')
     if weights:
         run = Path(run_dir) if run_dir else source
-        checkpoint = run / "models" / f"fold{fold}" / "model.pt"
+        best = run / "models" / f"fold{fold}" / EVALUATED_MODEL_FILES["best"]
+        if not best.is_file():  # an untrained fold: said before its missing settings record
+            raise ExportError(f"checkpoint {best} does not exist (train fold {fold}, set --run_dir, or --noweights)")
+        if overrides is None:
+            overrides = recorded_overrides(run, fold)
+        # the model the run was evaluated with (custom_losses.handlers.EVALUATED_MODEL_FILES)
+        chosen = overrides.get("evaluation_model", "best")
+        if chosen not in EVALUATED_MODEL_FILES:
+            raise ExportError(f"evaluation_model must be one of {', '.join(EVALUATED_MODEL_FILES)}, got {chosen!r}")
+        checkpoint = run / "models" / f"fold{fold}" / EVALUATED_MODEL_FILES[chosen]
         if not checkpoint.is_file():
             raise ExportError(
                 f"checkpoint {checkpoint} does not exist (train fold {fold}, set --run_dir, or --noweights)"
             )
-        if overrides is None:
-            overrides = recorded_overrides(run, fold)
     overrides = carried_overrides(overrides or {})
     with tempfile.TemporaryDirectory() as staging:
         bundle_dir = Path(staging) / bundle

@@ -98,7 +98,9 @@ def test_the_bundles_of_a_dataset_differ_only_in_the_loss(dataset):
         from_epoch = saver.pop("key_metric_from_epoch", None)  # schedule bundles only
         assert from_epoch == (("$" + SELECTION_START) if "alpha_schedule" in config else None), name
         differing = {key for key in set(config) | set(reference) if config.get(key) != reference.get(key)}
-        assert differing <= {"loss", "train", "dbce_radius", "alpha_schedule"}, (name, differing)
+        assert differing - {"checked_settings"} <= {"loss", "train", "dbce_radius", "alpha_schedule"}, (name, differing)
+        extra_checks = set(config["checked_settings"]) ^ set(reference["checked_settings"])
+        assert extra_checks == ({"dbce_radius"} if "dbce_radius" in config else set()), (name, extra_checks)
         handler_targets = [h["_target_"] for h in config["train"]["handlers"]]
         assert handler_targets[-len(rank0_train_handlers(DATASETS[name.split("_")[0]], {})) :] == [
             "StatsHandler",

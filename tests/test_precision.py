@@ -112,6 +112,7 @@ def test_3d_layout_follows_the_precision():
 # every config that builds a network goes through prepare_network, with the bundle's precision
 NETWORK_IDS = {
     "train.json": ["network"],
+    "evaluate.json": ["network"],  # 2D: the network without pretrained_encoder's weights
     "inference.json": ["network"],
     "finetune.json": ["network"],
     "evaluate_ensemble.json": ["ensemble_networks"],
@@ -127,6 +128,8 @@ def test_every_config_prepares_its_networks_with_the_precision(bundle):
             continue  # 3D bundles have no ensemble config
         config = json.loads((configs / name).read_text())
         for id_ in ids:
+            if name == "evaluate.json" and id_ not in config:
+                continue  # 3D evaluation uses train.json's network
             value = config
             for key in id_.split("#"):
                 value = value[key]

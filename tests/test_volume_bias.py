@@ -320,7 +320,7 @@ def test_label_law_cli_on_prepared_volumes(tmp_path, capsys):
     assert "whole +0.000 ml (+0.0%)" in capsys.readouterr().out.splitlines()[2]  # dice: the label itself
     # a 3D study writes it for its report, once per width, folds and grid
     from lesion_study.paths import BUNDLES_DIR
-    from scripts import run_study
+    from lesion_study.study import cli as run_study
 
     folder, bundle = tmp_path / "study", BUNDLES_DIR / "hippocampus_ce"
     folder.mkdir()

@@ -3,6 +3,7 @@ here, so the configs' ``custom_losses.handlers.X`` resolve as before."""
 
 from .checkpoints import (
     BEST_METRIC_KEYS,
+    EVALUATED_MODEL_FILES,
     OPTIONAL_RESUME_KEYS,
     RANDOM_STATE_KEY,
     RESUME_PREFIX,
@@ -33,6 +34,7 @@ from .tracking import (
 )
 
 __all__ = [
+    "EVALUATED_MODEL_FILES",
     "AtomicCheckpointSaver",
     "BEST_METRIC_KEYS",
     "CSV_FIELDS",

@@ -126,19 +126,11 @@ def load_transforms(spec: DatasetSpec) -> list[dict]:
 
 
 def batch_augmentation() -> dict:
-    """2D random part, on the whole batch on the device: the distributions of MONAI's RandFlipd (each axis),
-    RandAffined (rotation, scale), RandScaleIntensityd (per channel), RandShiftIntensityd, RandAdjustContrastd."""
-    return {
-        "_target_": "custom_losses.augment.BatchAugmentation",
-        "flip_prob": 0.5,
-        "affine_prob": 0.5,
-        "rotate_range": 0.5,
-        "scale_range": 0.2,
-        "intensity_prob": 0.5,
-        "scale_intensity": 0.15,
-        "shift_intensity": 0.1,
-        "gamma": [0.7, 1.5],
-    }
+    """2D random part, on the whole batch on the device, the parameter set ``augmentation`` names
+    (custom_losses.augment.PRESETS): ``monai`` (default), the distributions of MONAI's RandFlipd (each axis),
+    RandAffined (rotation, scale), RandScaleIntensityd (per channel), RandShiftIntensityd, RandAdjustContrastd;
+    ``galdran``, Galdran et al.'s torchvision transforms. ``train#augmentation#<parameter>`` replaces one."""
+    return {"_target_": "custom_losses.augment.preset_augmentation", "name": "@augmentation"}
 
 
 def to_device(track_meta: bool) -> dict:
@@ -147,7 +139,8 @@ def to_device(track_meta: bool) -> dict:
 
 
 def common_config(spec: DatasetSpec) -> dict:
-    """Ids shared by train, evaluate and inference: paths, device, network."""
+    """Ids shared by train, evaluate and inference: paths, device, network (2D: its input normalisation and
+    encoder layout, which evaluation and inference must build as training did)."""
     return {
         "imports": ["$import copy", "$import os", "$import torch", "$import monai", "$import custom_losses"],
         "bundle_root": ".",
@@ -162,6 +155,14 @@ def common_config(spec: DatasetSpec) -> dict:
         **spatial_size_and_network(spec),
         "network": expr(prepared_network("@network_def", spec)),
     }
+
+
+def network_with_encoder_weights(spec: DatasetSpec) -> str:
+    """The network of a training run (an expression): 2D, with ``pretrained_encoder``'s torchvision weights in its
+    encoder (``none``: as built); evaluation, ensembles and inference load trained checkpoints instead."""
+    if spec.kind == "mri3d":
+        return "@network_def"
+    return "custom_losses.networks.load_encoder_weights(@network_def, @pretrained_encoder)"
 
 
 def prepared_network(network: str, spec: DatasetSpec) -> str:
@@ -189,8 +190,15 @@ def spatial_size_and_network(spec: DatasetSpec) -> dict:
             },
         }
     return {
+        # a square side, or [height, width] (e.g. [96, 128]); spatial_size is [height, width] either way
         "image_size": spec.image_size,
-        "spatial_size": expr("[@image_size, @image_size]"),
+        "spatial_size": expr("list(@image_size) if isinstance(@image_size, (list, tuple)) else [@image_size] * 2"),
+        # none: images in [0, 1] as they come; imagenet: the network normalises them (every config alike)
+        "input_normalization": "none",
+        # none, imagenet (torchvision's download) or a torchvision state dict file: the encoder's ImageNet
+        # weights when training starts; any other value than none also builds the encoder in torchvision's
+        # layout, which evaluation and inference need to read the checkpoints
+        "pretrained_encoder": "none",
         "network_def": {
             "_target_": "custom_losses.networks.ScriptableFlexibleUNet",
             "in_channels": 3,
@@ -198,6 +206,8 @@ def spatial_size_and_network(spec: DatasetSpec) -> dict:
             "backbone": spec.backbone,
             "pretrained": False,
             "spatial_dims": 2,
+            "input_normalization": "@input_normalization",
+            "torchvision_encoder": expr("str(@pretrained_encoder) != 'none'"),
         },
     }
 
@@ -229,6 +239,9 @@ def dice_metric(spec: DatasetSpec) -> dict:
         "output_transform": from_engine(["pred", "label"]),
     }
 
+
+# the learning-rate schedule steps per epoch (cosine_epoch) or per iteration (cosine_iteration)
+LR_EPOCH_LEVEL = "custom_losses.training.epoch_level(@lr_schedule)"
 
 # CE then Dice keeps the best model of its Dice epochs (other schedules: from epoch 1)
 SELECTION_START = "custom_losses.schedules.selection_start_epoch(@alpha_schedule, @epochs)"
@@ -279,6 +292,11 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "cudnn_benchmark": True,
             "learning_rate": spec.learning_rate,
             "weight_decay": 1e-4,
+            "optimizer_name": "adamw",  # or nadam (custom_losses.training)
+            # cosine from learning_rate to lr_min, stepped per epoch (cosine_epoch) or per iteration
+            "lr_schedule": "cosine_epoch",
+            "lr_min": 0.0,
+            **({} if spec.kind == "mri3d" else {"augmentation": "monai"}),  # or galdran (custom_losses.augment)
             "val_interval": 1,
             "resume": False,
             "resume_checkpoint_interval_s": 60,
@@ -287,16 +305,21 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
             **spec.extra_defaults,
             "loss": copy.deepcopy(loss.config),
+            "network": expr(prepared_network(network_with_encoder_weights(spec), spec)),
             "optimizer": {
-                "_target_": "torch.optim.AdamW",
+                "_target_": "custom_losses.training.make_optimizer",
+                "name": "@optimizer_name",
                 "params": expr("@network.parameters()"),
                 "lr": "@learning_rate",
                 "weight_decay": "@weight_decay",
             },
             "lr_scheduler": {
-                "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                "_target_": "custom_losses.training.make_lr_scheduler",
+                "schedule": "@lr_schedule",
                 "optimizer": "@optimizer",
-                "T_max": "@epochs",
+                "epochs": "@epochs",
+                "iterations_per_epoch": expr("len(@train#dataloader)"),
+                "lr_min": "@lr_min",
             },
         }
     )
@@ -306,7 +329,14 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
     # a resume also restores the best validation value and which model model.pt is
     resume_state = {**training_state, "evaluator": "@validate#evaluator"}
     resume_state["best_model_saver"] = "@validate#best_model_saver"
-    handlers = [{"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True}]
+    handlers = [
+        {
+            "_target_": "LrScheduleHandler",
+            "lr_scheduler": "@lr_scheduler",
+            "epoch_level": expr(LR_EPOCH_LEVEL),
+            "print_lr": expr(LR_EPOCH_LEVEL),  # per iteration it would double the log
+        }
+    ]
     if loss.schedule:
         handlers.append(
             {
@@ -409,13 +439,18 @@ ERROR_REPORT = expr("custom_losses.errors.install_error_report(@output_dir)")
 # The ids each kind of run checks before anything else (their rules, and the order they are checked in:
 # custom_losses.settings.RULES); those its config lacks (image_size in 3D, threshold in 3D inference) are
 # left out. An id every config has (such as precision) goes into COMMON_SETTINGS.
-COMMON_SETTINGS = ["image_size", "spatial_size", "device", "precision"]
+COMMON_SETTINGS = ["image_size", "spatial_size", "device", "precision", "input_normalization", "pretrained_encoder"]
 TRAINING_SETTINGS = [
     "epochs",
     "batch_size",
     "val_batch_size",
     "learning_rate",
     "weight_decay",
+    "optimizer_name",
+    "lr_schedule",
+    "lr_min",
+    "augmentation",
+    "dbce_radius",
     "val_interval",
     "num_workers",
     "cache_rate",
@@ -439,10 +474,16 @@ EVALUATION_SETTINGS = [
     "label_uncertainty_width",
     "fold",
     *COMMON_SETTINGS,
+    "evaluation_model",
     "eval_dir",
 ]
 ENSEMBLE_SETTINGS = ["folds" if name == "fold" else name for name in EVALUATION_SETTINGS]
-INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "prediction_dir"]
+INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "evaluation_model", "prediction_dir"]
+# which checkpoint evaluation, the fold ensemble and inference read: best (model.pt, the best validation
+# epoch) or final (model_final.pt, the last epoch: Galdran et al.'s)
+# (custom_losses.handlers.EVALUATED_MODEL_FILES; plain Python: an export keeps the expression as it is)
+EVALUATED_FILE = "{'best': 'model.pt', 'final': 'model_final.pt'}[@evaluation_model]"
+EVALUATED_CHECKPOINT = expr(f"os.path.join(@ckpt_dir, {EVALUATED_FILE})")
 
 
 def checked_settings(names: list[str], config_ids) -> dict:
@@ -574,7 +615,8 @@ def evaluate_config_3d(spec: DatasetSpec) -> dict:
     """Merged over train.json: the held-out fold, probabilities and labels back in each volume's own space,
     per-class volumes (ml, from the header spacing) and Dice to ``eval_dir``, predictions as NIfTI."""
     return {
-        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "evaluation_model": "best",
+        "checkpoint": EVALUATED_CHECKPOINT,
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
         "validate#postprocessing": {
             "_target_": "Compose",
@@ -625,7 +667,10 @@ def evaluate_config(spec: DatasetSpec) -> dict:
     if spec.kind == "mri3d":
         return evaluate_config_3d(spec)
     return {
-        "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+        "evaluation_model": "best",
+        "checkpoint": EVALUATED_CHECKPOINT,
+        # the network as built, without pretrained_encoder's weights: the checkpoint replaces them
+        "network": expr(prepared_network("@network_def", spec)),
         "eval_dir": expr("os.path.join(@output_dir, 'eval', 'fold' + str(@fold))"),
         "validate#datalist": expr(
             "custom_losses.data.load_split(@datalist_file, @dataset_dir, 'test', "
@@ -669,7 +714,9 @@ def fold_evaluation(spec: DatasetSpec, writer: str, writer_args: dict) -> dict:
                 "extra": {"fold": "@fold", "checkpoint": "@checkpoint", "precision": RESOLVED_PRECISION},
             },
         ],
-        "checked_settings": checked_settings(EVALUATION_SETTINGS, training_ids(spec) | {"eval_dir"}),
+        "checked_settings": checked_settings(
+            EVALUATION_SETTINGS, training_ids(spec) | {"eval_dir", "evaluation_model"}
+        ),
         "initialize": [
             ERROR_REPORT,
             settings_check(spec),
@@ -689,7 +736,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "["
             + prepared_network(
                 "custom_losses.handlers.load_network_weights(copy.deepcopy(@network_def), "
-                "os.path.join(@output_dir, 'models', 'fold' + str(k), 'model.pt'), @device)",
+                f"os.path.join(@output_dir, 'models', 'fold' + str(k), {EVALUATED_FILE}), @device)",
                 spec,
             )
             + " for k in @folds]"
@@ -703,7 +750,7 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
                 "output_dir": "@eval_dir",
                 "threshold": 0.5,
                 "num_bins": 20,
-                "extra": {"folds": "@folds", "precision": RESOLVED_PRECISION},
+                "extra": {"folds": "@folds", "evaluation_model": "@evaluation_model", "precision": RESOLVED_PRECISION},
             },
         ],
         "validate#evaluator": {
@@ -717,7 +764,9 @@ def evaluate_ensemble_config(spec: DatasetSpec) -> dict:
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
         },
-        "checked_settings": checked_settings(ENSEMBLE_SETTINGS, training_ids(spec) | {"folds", "eval_dir"}),
+        "checked_settings": checked_settings(
+            ENSEMBLE_SETTINGS, training_ids(spec) | {"folds", "eval_dir", "evaluation_model"}
+        ),
         "initialize": [
             ERROR_REPORT,
             settings_check(spec),
@@ -815,7 +864,8 @@ def inference_config(spec: DatasetSpec) -> dict:
             "imports": config["imports"] + ["$import numpy"],
             "input_dir": "@bundle_root",
             "prediction_dir": expr("os.path.join(@output_dir, 'predictions')"),
-            "checkpoint": expr("os.path.join(@ckpt_dir, 'model.pt')"),
+            "evaluation_model": "best",
+            "checkpoint": EVALUATED_CHECKPOINT,
             **extra,
             "strict": False,
             "datalist": expr(
@@ -866,7 +916,7 @@ def multi_gpu_config(spec: DatasetSpec) -> dict:
         ),
         "network": {
             "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": expr(prepared_network("@network_def", spec)),
+            "module": expr(prepared_network(network_with_encoder_weights(spec), spec)),
             "device_ids": expr("[@device] if torch.cuda.is_available() else None"),
         },
         "train#sampler": {

@@ -72,11 +72,22 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
     texts = DOCS_3D if spec.kind == "mri3d" else DOCS_2D
     overrides = []
     if loss_name == "dbce":
+        if spec.kind == "mri3d":
+            size = f"the network input (`spatial_size`, default {list(spec.spatial_size_3d)})"
+            scaled = ""
+        else:
+            size = f"the network input (`image_size`, default {spec.image_size})"
+            scaled = (
+                f" The radius is not rescaled with `image_size`: {spec.dbce_radius} px at {spec.image_size} px covers "
+                f"what {spec.dbce_radius * 128 / spec.image_size:.1f} px covers at 128 px, so set it with the size "
+                "(the study's `galdran_cpu` setting does; the `cpu` setting kept the default at 128 px)."
+            )
         overrides.append(
-            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in {texts['unit']}. Pick it by a "
-            "sweep on fold 1 validation, one study folder per radius: `python scripts/run_study.py "
-            f"{spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
-            f"--output_dir=study/{spec.name}_dbce_rR` for R in 1, 3, 5, 9 (sweep results: pending a GPU run)."
+            f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in {texts['unit']} of {size}, not of "
+            f"the prepared images.{scaled} Pick it by a sweep on fold 1 validation, one study folder per radius: "
+            f"`python scripts/run_study.py {spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
+            f"--output_dir=study/{spec.name}_dbce_rR` (add the study's `--setting` and compare the runs' validation "
+            "Dice) for R in 1, 2, 3, 5 (sweep results: pending)."
         )
     if spec.kind == "mri3d":
         overrides.append(
@@ -98,6 +109,7 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             "(`custom_losses.schedules.selection_start_epoch`): a fine-tuned model, not an earlier CE epoch."
         )
     loss_overrides = "\n".join(overrides)
+    options = training_options(spec)
     model = texts["model"].format(spec=spec)
     ensemble = texts["ensemble"].format(spec=spec)
     return f"""# {bundle}: {spec.title}, {loss.title}
@@ -168,6 +180,14 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 
 {loss_overrides}
 
+### Recipe options
+
+Every one is checked first (a bad value stops the run with one line naming it); the defaults are this
+bundle's recipe, the other values Galdran et al.'s (`python scripts/run_study.py {spec.name} --setting=galdran_cpu`
+sets them together; `docs/galdran_recipe.md` in the repository).
+
+{options}
+
 ## Reliability
 
 - **Input checks before training**: a missing or empty `dataset_dir`, a missing datalist, an entry whose
@@ -203,6 +223,47 @@ Common overrides: `fold`, `epochs`, `dataset_dir`, `device` (e.g. `--device cpu`
 
 {results_table}
 """
+
+
+def training_options(spec: DatasetSpec) -> str:
+    """The recipe ids of a bundle (optimizer, schedule, input size and normalisation, augmentation, evaluated
+    model), as a list for its docs."""
+    lines = [
+        "- `optimizer_name` (default `adamw`): `adamw` (`torch.optim.AdamW`) or `nadam` (`torch.optim.NAdam`);"
+        " `weight_decay` (default 1e-4) goes to either, 0 turns it off.",
+        "- `lr_schedule` (default `cosine_epoch`): cosine annealing from `learning_rate` to `lr_min` (default 0),"
+        " one half cycle over the training, stepped after every epoch (`cosine_epoch`) or after every iteration"
+        " (`cosine_iteration`: `epochs` x iterations per epoch steps, the last iteration ends at `lr_min`;"
+        " `--resume True` continues the same curve, the schedule's step count is in the resume checkpoint).",
+        "- `evaluation_model` (default `best`): the checkpoint `evaluate.json`, `evaluate_ensemble.json` and"
+        " `inference.json` read, `best` (`models/fold<k>/model.pt`, the best validation epoch) or `final`"
+        " (`models/fold<k>/model_final.pt`, the last epoch); the summary's `checkpoint` names the file.",
+    ]
+    if spec.kind == "mri3d":
+        return "\n".join(lines)
+    lines[2:2] = [
+        f"- `image_size` (default {spec.image_size}): a square side or `[height, width]` (e.g. `[96, 128]`, a 3:4"
+        " frame), each a multiple of 32; images are resized to it for training, evaluation and the ensemble,"
+        " inference resizes its predictions back to each input's size, and an exported bundle records it as"
+        " the input shape. Pass the same value to every config of a model.",
+        "- `augmentation` (default `monai`): the batch augmentation's parameter set"
+        " (`custom_losses.augment.PRESETS`): `monai`, flips, rotation within +-0.5 rad (29 degrees) and per-axis"
+        " scale 0.8 to 1.2 together with probability 0.5, intensity scale, shift and gamma; `galdran`, flips and"
+        " one of rotation within +-15 degrees, magnification 0.95 to 1.2 or a horizontal shift up to 5% of the"
+        " width, then torchvision's colour jitter (0.1, 0.1, 0.1, 0.01). One parameter:"
+        " `--train#augmentation#rotate_range 0.3`.",
+        "- `input_normalization` (default `none`): `imagenet` makes the network subtract ImageNet's mean and divide"
+        " by its standard deviation (torchvision's) before its first layer, so training, evaluation, the"
+        " ensemble, inference and the TorchScript export all normalise alike; inputs stay in [0, 1]. Pass the"
+        " same value to every config of a model.",
+        "- `pretrained_encoder` (default `none`): torchvision's ImageNet weights for the resnet18 or resnet34"
+        " encoder when training starts: `imagenet` (torchvision's download, cached in `$TORCH_HOME/hub`; needs"
+        " the network) or the path of a torchvision state dict (`torch.save(torchvision.models.resnet18("
+        "weights='IMAGENET1K_V1').state_dict(), 'resnet18.pth')`). Needs `input_normalization imagenet`. Any"
+        " value but `none` builds the encoder in torchvision's layout (1x1-convolution shortcuts), so evaluation"
+        " and inference of such a model need the same value (they do not read the weights file).",
+    ]
+    return "\n".join(lines)
 
 
 def results_table(spec: DatasetSpec, loss_name: str, results: dict | None) -> str:

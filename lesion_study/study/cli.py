@@ -104,8 +104,9 @@ def study(
         precision: the networks' compute precision: ``auto`` (bf16 where the device computes it natively:
             a GPU, or a CPU with AVX512-BF16 or AMX; fp32 elsewhere), ``bf16`` or ``fp32``.
         output_dir: study folder (default ``study/<dataset>``).
-        setting: a named reduced-scale setting, ``cpu`` (image size, epochs, batch size for the 2-core
-            CPU; see SETTINGS in lesion_study/study/plan.py and docs/results/).
+        setting: a named reduced-scale setting: ``cpu`` (image size, epochs, batch size for the 2-core
+            CPU; see SETTINGS in lesion_study/study/plan.py and docs/results/), or ``galdran_cpu`` (Galdran
+            et al.'s recipe at 96x128 px from scratch, polyp and footulcer; docs/galdran_recipe.md).
         reference: the loss every other loss is compared with, image by image, in the report.
         ensemble: also evaluate the mean probability of the fold models (needs every fold listed).
         examples: predict a few test images per bundle for the example grid.
@@ -182,7 +183,7 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
         from lesion_study.study.report import write_report
 
         if plan.dataset.volumes:
-            write_law_theory(plan)
+            write_law_theory(plan.out, plan.data_path, plan.folds, plan.settings, plan.bundles_root / plan.names[0])
     except ModuleNotFoundError as error:  # e.g. a bare GPU machine: the runs are done, report elsewhere
         print(
             f"report skipped: {error.name} is not installed; the runs are complete, build the report with "
@@ -216,7 +217,7 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
     return 1 if failed else 0
 
 
-def write_law_theory(plan: Plan) -> None:
+def write_law_theory(out: Path, data_dir: Path, folds: list[int], settings: dict, bundle: Path) -> None:
     """``OUT/label_law_theory.json`` for a 3D study: each loss's minimiser under the study's label law
     (``label_uncertainty_width``, default 0) on the held-out volumes (``lesion_study.volume_bias``
     label_law), for the report; kept when it is of the same width, folds and grid. A volume it cannot use
@@ -224,16 +225,15 @@ def write_law_theory(plan: Plan) -> None:
     from lesion_study.study.report import LAW_THEORY_FILE
     from lesion_study.volume_bias import label_law_theory, write_label_law_theory
 
-    width = float(plan.settings.get("label_uncertainty_width", 0))
-    bundle = plan.bundles_root / plan.names[0]
-    grid = plan.settings.get("spatial_size") or read_json(bundle / "configs" / "train.json")["spatial_size"]
-    path = plan.out / LAW_THEORY_FILE
+    width = float(settings.get("label_uncertainty_width", 0))
+    grid = settings.get("spatial_size") or read_json(bundle / "configs" / "train.json")["spatial_size"]
+    path = out / LAW_THEORY_FILE
     earlier = read_json(path) if path.is_file() else {}
-    if (earlier.get("width"), earlier.get("folds"), earlier.get("spatial_size")) == (width, plan.folds, list(grid)):
+    if (earlier.get("width"), earlier.get("folds"), earlier.get("spatial_size")) == (width, folds, list(grid)):
         return
     print(f"theory: each loss's minimiser under the label law of width {width:g} -> {path}", flush=True)
     try:
-        write_label_law_theory(path, label_law_theory(plan.data_path, width, plan.folds, grid))
+        write_label_law_theory(path, label_law_theory(data_dir, width, folds, grid))
     except ValueError as error:  # custom_losses InputError included
         print(f"theory skipped: {error}", flush=True)
 
