@@ -141,7 +141,8 @@ def test_zip_holds_the_model_zoo_layout(exported):
         bare = re.findall(r"(?<![@'\w])custom_losses\.\w+", text)
         assert not bare, f"{config} still uses the installed package: {bare}"
     meta = json.loads(zip_member(exported, "configs/metadata.json"))
-    assert set(meta["required_packages_version"]) == {"pytorch-ignite", "pillow", "tensorboard"}
+    # scipy: the vendored evaluation writers import the hippocampus label law (scipy.ndimage)
+    assert set(meta["required_packages_version"]) == {"pytorch-ignite", "pillow", "tensorboard", "scipy"}
     assert meta["version"] == VERSION and "vendored" in meta["changelog"][VERSION]
 
 
