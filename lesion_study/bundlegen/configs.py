@@ -19,9 +19,8 @@ def from_engine(keys: list[str], first: bool = False) -> str:
 
 
 def decollates(spec: DatasetSpec) -> bool:
-    """Whether the training engines split batches into items (3D); 2D post-processes whole batches, which
-    saves about 11 ms of Python per batch of 16 (measured on CPU: benchmarks/throughput.py, README)."""
-    return spec.kind == "mri3d"
+    """Whether the training engines split batches into items (``Kind.decollates``)."""
+    return kind_of(spec).decollates
 
 
 def loss_output(spec: DatasetSpec) -> str:
@@ -62,9 +61,8 @@ def augmentations_3d() -> list[dict]:
     ]
 
 
-def volume_defaults(spec: DatasetSpec) -> dict:
-    """3D ids: ``label_uncertainty_width`` (voxels; 0, the default, trains on the labels as they are)."""
-    return {"label_uncertainty_width": 0} if spec.kind == "mri3d" else {}
+# 3D ids: ``label_uncertainty_width`` (voxels; 0, the default, trains on the labels as they are)
+VOLUME_DEFAULTS = {"label_uncertainty_width": 0}
 
 
 def label_uncertainty_3d() -> dict:
@@ -94,9 +92,12 @@ SCALE_TO_UNIT = {
 
 
 def load_transforms(spec: DatasetSpec) -> list[dict]:
-    """Deterministic part: read, scale to [0, 1], binarize the mask at > 127, resize. Cached by CacheDataset."""
-    if spec.kind == "mri3d":
-        return load_transforms_3d()
+    """The deterministic part of the pipeline, cached by CacheDataset (``Kind.load_transforms``)."""
+    return kind_of(spec).load_transforms()
+
+
+def load_transforms_2d() -> list[dict]:
+    """Deterministic 2D part: read, scale to [0, 1], binarize the mask at > 127, resize."""
     return [
         {
             "_target_": "LoadImaged",
@@ -158,11 +159,9 @@ def common_config(spec: DatasetSpec) -> dict:
 
 
 def network_with_encoder_weights(spec: DatasetSpec) -> str:
-    """The network of a training run (an expression): 2D, with ``pretrained_encoder``'s torchvision weights in its
-    encoder (``none``: as built); evaluation, ensembles and inference load trained checkpoints instead."""
-    if spec.kind == "mri3d":
-        return "@network_def"
-    return "custom_losses.networks.load_encoder_weights(@network_def, @pretrained_encoder)"
+    """The network of a training run (an expression, ``Kind.training_network``); evaluation, ensembles and
+    inference load trained checkpoints instead."""
+    return kind_of(spec).training_network
 
 
 def prepared_network(network: str, spec: DatasetSpec) -> str:
@@ -171,24 +170,30 @@ def prepared_network(network: str, spec: DatasetSpec) -> str:
 
 
 def spatial_dims(spec: DatasetSpec) -> int:
-    return 3 if spec.kind == "mri3d" else 2
+    return kind_of(spec).spatial_dims
 
 
 def spatial_size_and_network(spec: DatasetSpec) -> dict:
-    if spec.kind == "mri3d":
-        return {
-            "spatial_size": list(spec.spatial_size_3d),
-            "network_def": {
-                "_target_": "monai.networks.nets.UNet",
-                "spatial_dims": 3,
-                "in_channels": 1,
-                "out_channels": "@num_classes",
-                "channels": [16, 32, 64, 128, 256],
-                "strides": [2, 2, 2, 2],
-                "num_res_units": 2,
-                "norm": "batch",
-            },
-        }
+    return kind_of(spec).spatial_size_and_network(spec)
+
+
+def spatial_size_and_network_3d(spec: DatasetSpec) -> dict:
+    return {
+        "spatial_size": list(spec.spatial_size_3d),
+        "network_def": {
+            "_target_": "monai.networks.nets.UNet",
+            "spatial_dims": 3,
+            "in_channels": 1,
+            "out_channels": "@num_classes",
+            "channels": [16, 32, 64, 128, 256],
+            "strides": [2, 2, 2, 2],
+            "num_res_units": 2,
+            "norm": "batch",
+        },
+    }
+
+
+def spatial_size_and_network_2d(spec: DatasetSpec) -> dict:
     return {
         # a square side, or [height, width] (e.g. [96, 128]); spatial_size is [height, width] either way
         "image_size": spec.image_size,
@@ -213,29 +218,31 @@ def spatial_size_and_network(spec: DatasetSpec) -> dict:
 
 
 def hard_postprocessing(spec: DatasetSpec) -> dict:
-    """Prediction (and label) in the form MONAI's Dice metric takes: binary, or one-hot for softmax."""
-    if spec.kind == "mri3d":
-        transforms = [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {
-                "_target_": "AsDiscreted",
-                "keys": ["pred", "label"],
-                "argmax": [True, False],
-                "to_onehot": "$[@num_classes, @num_classes]",
-            },
-        ]
-    else:
-        transforms = [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-        ]
-    return {"_target_": "Compose", "transforms": transforms}
+    """Prediction (and label) in the form MONAI's Dice metric takes (``Kind.hard_postprocessing``)."""
+    return {"_target_": "Compose", "transforms": kind_of(spec).hard_postprocessing}
+
+
+# softmax, argmax and one-hot of prediction and label
+HARD_POSTPROCESSING_3D = [
+    {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {
+        "_target_": "AsDiscreted",
+        "keys": ["pred", "label"],
+        "argmax": [True, False],
+        "to_onehot": "$[@num_classes, @num_classes]",
+    },
+]
+# sigmoid, threshold 0.5
+HARD_POSTPROCESSING_2D = [
+    {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+    {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+]
 
 
 def dice_metric(spec: DatasetSpec) -> dict:
     return {
         "_target_": "MeanDice",
-        "include_background": spec.kind != "mri3d",  # one sigmoid channel is the lesion itself
+        "include_background": kind_of(spec).include_background,
         "output_transform": from_engine(["pred", "label"]),
     }
 
@@ -296,12 +303,12 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             # cosine from learning_rate to lr_min, stepped per epoch (cosine_epoch) or per iteration
             "lr_schedule": "cosine_epoch",
             "lr_min": 0.0,
-            **({} if spec.kind == "mri3d" else {"augmentation": "monai"}),  # or galdran (custom_losses.augment)
+            **kind_of(spec).augmentation_defaults,
             "val_interval": 1,
             "resume": False,
             "resume_checkpoint_interval_s": 60,
             **({"dbce_radius": spec.dbce_radius} if loss_name == "dbce" else {}),
-            **volume_defaults(spec),
+            **kind_of(spec).volume_defaults,
             **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
             **spec.extra_defaults,
             "loss": copy.deepcopy(loss.config),
@@ -389,8 +396,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@train#postprocessing",
             "key_train_metric": "@train#key_metric",
             "train_handlers": "@train#handlers",
-            **({} if spec.kind == "mri3d" else {"prepare_batch": "@train#augmentation"}),
-            **({} if decollates(spec) else {"decollate": False}),
+            **kind_of(spec).trainer_extras,
         },
     }
     config["validate"] = {
@@ -424,7 +430,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             "postprocessing": "@validate#postprocessing",
             "key_val_metric": "@validate#key_metric",
             "val_handlers": "@validate#handlers",
-            **({} if decollates(spec) else {"decollate": False}),
+            **kind_of(spec).evaluator_extras,
         },
     }
     config["checked_settings"] = checked_settings(TRAINING_SETTINGS, config)
@@ -493,11 +499,7 @@ def checked_settings(names: list[str], config_ids) -> dict:
 
 def settings_check(spec: DatasetSpec) -> str:
     """Second in every ``initialize``: ``checked_settings`` against their rules, the sizes against the network."""
-    if spec.kind == "mri3d":
-        network = "'UNet', 3, @network_def#strides"
-    else:  # every FlexibleUNet encoder (ResNet, EfficientNet) halves the image 5 times
-        network = "'FlexibleUNet', 2, [2, 2, 2, 2, 2]"
-    return expr(f"custom_losses.settings.check_settings(@checked_settings, {network})")
+    return expr(f"custom_losses.settings.check_settings(@checked_settings, {kind_of(spec).settings_network})")
 
 
 def training_initialization(spec: DatasetSpec) -> list[str]:
@@ -518,21 +520,27 @@ def train_data_pipeline(spec: DatasetSpec) -> dict:
     the resized images on the training device, a thread assembles batches, and ``BatchAugmentation``
     augments each whole batch there (MONAI's per-image transforms on the CPU cannot keep up with a GPU).
     """
-    if spec.kind == "mri3d":
-        return {
-            "deterministic_transforms": load_transforms(spec),
-            # first of the random part: the law is defined in the cached (padded) grid, before any warp
-            "label_uncertainty": label_uncertainty_3d(),
-            "random_transforms": augmentations_3d(),
-            "preprocessing": {
-                "_target_": "Compose",
-                "transforms": expr(f"@train#deterministic_transforms + {UNCERTAIN_LABELS} + @train#random_transforms"),
-            },
-            "dataset": cache_dataset("train"),
-            "dataloader": data_loader("train", shuffle=True),
-        }
+    return kind_of(spec).train_data_pipeline()
+
+
+def train_data_pipeline_3d() -> dict:
     return {
-        "deterministic_transforms": load_transforms(spec),
+        "deterministic_transforms": load_transforms_3d(),
+        # first of the random part: the law is defined in the cached (padded) grid, before any warp
+        "label_uncertainty": label_uncertainty_3d(),
+        "random_transforms": augmentations_3d(),
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": expr(f"@train#deterministic_transforms + {UNCERTAIN_LABELS} + @train#random_transforms"),
+        },
+        "dataset": cache_dataset("train"),
+        "dataloader": data_loader("train", shuffle=True),
+    }
+
+
+def train_data_pipeline_2d() -> dict:
+    return {
+        "deterministic_transforms": load_transforms_2d(),
         "preprocessing": {
             "_target_": "Compose",
             "transforms": expr("@train#deterministic_transforms + [@train#to_device]"),
@@ -546,12 +554,18 @@ def train_data_pipeline(spec: DatasetSpec) -> dict:
 
 def validate_data_pipeline(spec: DatasetSpec) -> dict:
     """The training pipeline's deterministic transforms; cached on the device for 2D (with metadata)."""
-    if spec.kind == "mri3d":
-        return {
-            "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
-            "dataset": cache_dataset("validate"),
-            "dataloader": data_loader("validate", shuffle=False),
-        }
+    return kind_of(spec).validate_data_pipeline()
+
+
+def validate_data_pipeline_3d() -> dict:
+    return {
+        "preprocessing": {"_target_": "Compose", "transforms": "%train#deterministic_transforms"},
+        "dataset": cache_dataset("validate"),
+        "dataloader": data_loader("validate", shuffle=False),
+    }
+
+
+def validate_data_pipeline_2d() -> dict:
     return {
         "preprocessing": {
             "_target_": "Compose",
@@ -664,8 +678,10 @@ def evaluate_config_3d(spec: DatasetSpec) -> dict:
 
 def evaluate_config(spec: DatasetSpec) -> dict:
     """Merged over train.json: the test split through the validation pipeline, metrics to ``eval_dir``."""
-    if spec.kind == "mri3d":
-        return evaluate_config_3d(spec)
+    return kind_of(spec).evaluate_config(spec)
+
+
+def evaluate_config_2d(spec: DatasetSpec) -> dict:
     return {
         "evaluation_model": "best",
         "checkpoint": EVALUATED_CHECKPOINT,
@@ -797,68 +813,73 @@ def _inference_engine() -> dict:
     }
 
 
+def inference_parts_3d() -> tuple[str, dict, list[dict], list[dict]]:
+    preprocessing = [
+        {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "NormalizeIntensityd", "keys": "image"},
+        {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
+        {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+    ]
+    postprocessing = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        {
+            "_target_": "SaveImaged",
+            "keys": "pred",
+            "output_dir": "@prediction_dir",
+            "output_postfix": "seg",
+            "output_dtype": expr("numpy.uint8"),
+            "separate_folder": False,
+            "resample": False,
+            "writer": expr("custom_losses.inference.AtomicNibabelWriter"),
+        },
+    ]
+    return "3d", {}, preprocessing, postprocessing
+
+
+def inference_parts_2d() -> tuple[str, dict, list[dict], list[dict]]:
+    image_loading = load_transforms_2d()[0]
+    preprocessing = [
+        image_loading,
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        SCALE_TO_UNIT,
+        {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
+        {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
+    ]
+    postprocessing = [
+        {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+            "nearest_interp": False,
+        },
+        {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
+        {
+            "_target_": "SaveImaged",
+            "keys": "pred",
+            "output_dir": "@prediction_dir",
+            "output_postfix": "seg",
+            "output_ext": ".png",
+            "output_dtype": expr("numpy.uint8"),
+            "scale": 255,
+            "separate_folder": False,
+            "resample": False,
+            "writer": expr("custom_losses.inference.AtomicPILWriter"),
+        },
+    ]
+    return "2d", {"threshold": 0.5}, preprocessing, postprocessing
+
+
 def inference_config(spec: DatasetSpec) -> dict:
     """Standalone: every image in ``input_dir`` -> its prediction in ``prediction_dir``, at the input's own size:
     a 0/255 PNG mask (2D) or a label volume with the input's affine (3D NIfTI). Every file is checked first;
     bad ones are skipped (``strict``: the run stops before predicting), all listed in ``manifest.csv``."""
     config = common_config(spec)
-    if spec.kind == "mri3d":
-        kind, extra = "3d", {}
-        preprocessing = [
-            {"_target_": "LoadImaged", "keys": "image", "reader": "NibabelReader", "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "NormalizeIntensityd", "keys": "image"},
-            {"_target_": "ResizeWithPadOrCropd", "keys": "image", "spatial_size": "@spatial_size"},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
-        ]
-        postprocessing = [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image"},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {
-                "_target_": "SaveImaged",
-                "keys": "pred",
-                "output_dir": "@prediction_dir",
-                "output_postfix": "seg",
-                "output_dtype": expr("numpy.uint8"),
-                "separate_folder": False,
-                "resample": False,
-                "writer": expr("custom_losses.inference.AtomicNibabelWriter"),
-            },
-        ]
-    else:
-        kind, extra = "2d", {"threshold": 0.5}
-        image_loading = load_transforms(spec)[0]
-        preprocessing = [
-            image_loading,
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            SCALE_TO_UNIT,
-            {"_target_": "Resized", "keys": "image", "spatial_size": "@spatial_size", "mode": "area"},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": expr("torch.float32")},
-        ]
-        postprocessing = [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {
-                "_target_": "Invertd",
-                "keys": "pred",
-                "transform": "@preprocessing",
-                "orig_keys": "image",
-                "nearest_interp": False,
-            },
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
-            {
-                "_target_": "SaveImaged",
-                "keys": "pred",
-                "output_dir": "@prediction_dir",
-                "output_postfix": "seg",
-                "output_ext": ".png",
-                "output_dtype": expr("numpy.uint8"),
-                "scale": 255,
-                "separate_folder": False,
-                "resample": False,
-                "writer": expr("custom_losses.inference.AtomicPILWriter"),
-            },
-        ]
+    kind, extra, preprocessing, postprocessing = kind_of(spec).inference_parts()
     config.update(
         {
             "imports": config["imports"] + ["$import numpy"],
@@ -978,3 +999,71 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 
 
 # ------------------------------------------------------------------------------------------- metadata and docs
+
+
+# ------------------------------------------------------------------------------------- 2D and 3D
+
+
+class Kind:
+    """What differs between the 2D (RGB images) and 3D (MRI volumes) bundles, each difference in one place:
+    the generator's functions above ask ``kind_of(spec)`` and never test the dataset's kind themselves."""
+
+    spatial_dims: int
+    # whether the engines split batches into items (3D); 2D post-processes whole batches, which saves about
+    # 11 ms of Python per batch of 16 (measured on CPU: benchmarks/throughput.py)
+    decollates: bool
+    include_background: bool  # of the Dice metric: 2D's one sigmoid channel is the lesion itself
+    settings_network: str  # the network's name, dimensions and strides for custom_losses.settings
+    training_network: str  # the network a training run starts from (an expression)
+    volume_defaults: dict  # ids only this kind has, among the training settings
+    augmentation_defaults: dict
+    trainer_extras: dict  # SupervisedTrainer arguments of this kind
+    evaluator_extras: dict
+    hard_postprocessing: list[dict]
+
+
+class Images2D(Kind):
+    spatial_dims = 2
+    decollates = False
+    include_background = True
+    # every FlexibleUNet encoder (ResNet, EfficientNet) halves the image 5 times
+    settings_network = "'FlexibleUNet', 2, [2, 2, 2, 2, 2]"
+    # with pretrained_encoder's torchvision weights in its encoder (none: as built)
+    training_network = "custom_losses.networks.load_encoder_weights(@network_def, @pretrained_encoder)"
+    volume_defaults: dict = {}
+    augmentation_defaults = {"augmentation": "monai"}  # or galdran (custom_losses.augment)
+    trainer_extras = {"prepare_batch": "@train#augmentation", "decollate": False}
+    evaluator_extras = {"decollate": False}
+    hard_postprocessing = HARD_POSTPROCESSING_2D
+    load_transforms = staticmethod(load_transforms_2d)
+    spatial_size_and_network = staticmethod(spatial_size_and_network_2d)
+    train_data_pipeline = staticmethod(train_data_pipeline_2d)
+    validate_data_pipeline = staticmethod(validate_data_pipeline_2d)
+    evaluate_config = staticmethod(evaluate_config_2d)
+    inference_parts = staticmethod(inference_parts_2d)
+
+
+class Volumes3D(Kind):
+    spatial_dims = 3
+    decollates = True
+    include_background = False
+    settings_network = "'UNet', 3, @network_def#strides"
+    training_network = "@network_def"
+    volume_defaults = VOLUME_DEFAULTS
+    augmentation_defaults: dict = {}
+    trainer_extras: dict = {}
+    evaluator_extras: dict = {}
+    hard_postprocessing = HARD_POSTPROCESSING_3D
+    load_transforms = staticmethod(load_transforms_3d)
+    spatial_size_and_network = staticmethod(spatial_size_and_network_3d)
+    train_data_pipeline = staticmethod(train_data_pipeline_3d)
+    validate_data_pipeline = staticmethod(validate_data_pipeline_3d)
+    evaluate_config = staticmethod(evaluate_config_3d)
+    inference_parts = staticmethod(inference_parts_3d)
+
+
+KINDS: dict[str, Kind] = {"rgb2d": Images2D(), "mri3d": Volumes3D()}
+
+
+def kind_of(spec: DatasetSpec) -> Kind:
+    return KINDS[spec.kind]
