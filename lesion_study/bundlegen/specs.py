@@ -23,7 +23,7 @@ PYTORCH_VERSION = "2.13.0"
 IGNITE_VERSION = "0.5.5"
 NUMPY_VERSION = "2.4.6"
 CUSTOM_LOSSES_VERSION = custom_losses.__version__
-BUNDLE_VERSION = "0.1.0"
+BUNDLE_VERSION = custom_losses.__version__  # the bundles are released with the package that generates them
 
 REFERENCES = {
     "galdran": "Galdran A, Carneiro G, Gonzalez Ballester MA. On the Optimal Combination of Cross-Entropy "
