@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# pytest-xdist runs the tests on every core side by side (pyproject.toml): one thread each, for the runs
+# they start too, or OpenMP's threads of one test would spin against another's
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

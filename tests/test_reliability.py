@@ -231,7 +231,7 @@ def test_resume_checkpoints_every_epoch_or_after_the_interval(tmp_path, monkeypa
     assert resume_checkpoint_epochs(tmp_path / "every", 0.0, 4) == [1, 2, 3, 4]
     assert resume_checkpoint_epochs(tmp_path / "hour", 3600.0, 4) == [4]  # the last epoch always
     clock = itertools.count(0.0, 10.0)  # each reading 10 s later: epochs end at 20, 30, 40, ... s
-    monkeypatch.setattr("custom_losses.handlers.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("custom_losses.handlers.checkpoints.time.monotonic", lambda: next(clock))
     assert resume_checkpoint_epochs(tmp_path / "25s", 25.0, 7) == [3, 6, 7]
     with pytest.raises(ValueError, match="min_interval_s"):
         EpochCheckpointSaver(tmp_path, {}, min_interval_s=-1)
