@@ -45,7 +45,7 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 
 def memory_format(spatial_dims: int, precision: str) -> torch.memory_format:
-    """The layout the network runs fastest in (README, Performance): 2D channels_last in either precision;
+    """The layout the network runs fastest in (docs/performance.md): 2D channels_last in either precision;
     3D channels_last_3d in bf16, contiguous in fp32."""
     if spatial_dims == 2:
         return torch.channels_last

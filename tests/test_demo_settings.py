@@ -1,8 +1,8 @@
 """The demo's settings stay within the budget they were measured at, and they still run.
 
-The README's demo table and wall time (9 min 40 s on the 2-core CPU) were measured with these settings;
+The demo table and wall time of docs/demo.md (9 min 40 s on the 2-core CPU) were measured with these settings;
 more training steps, larger frames or a wider network would push the demo past its 10-minute budget, so
-a change here must come with a new measurement (README "What the demo measured"). Not a timed test.
+a change here must come with a new measurement (docs/demo.md). Not a timed test.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ def test_bad_input_is_named_and_nothing_is_written(break_input, tmp_path):
 
 @pytest.mark.slow
 def test_readme_walkthrough_from_folders_to_a_report(tmp_path):
-    """README's "your own 2D dataset" commands, as written, on a tiny dataset (tiny training settings)."""
+    """docs/own_data.md's "your own 2D dataset" commands, as written, on a tiny dataset (tiny training settings)."""
     folders = suffix_dataset(tmp_path / "raw")
     prepare = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "folder", "--mask_suffix=_mask"]
     prepare += [f"--{key}={value}" for key, value in folders.items()]

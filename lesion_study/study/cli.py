@@ -5,7 +5,7 @@
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
     python scripts/run_study.py polyp --data_dir=DATA/polyp --gpus=[0,1,2,3] --tracking=mlflow  # scale out:
-    python scripts/run_study.py polyp --data_dir=DATA/polyp --launcher=slurm --slurm_partition=gpu  # README
+    python scripts/run_study.py polyp --data_dir=DATA/polyp --launcher=slurm --slurm_partition=gpu  # docs/scale_out.md
 
 Each (bundle, seed, fold) runs in its own process through MONAI's bundle API (``monai.bundle.run`` on the
 bundle's own configs) and writes into ``OUTPUT/runs/<bundle>/seed<s>/`` (``models/``, ``eval/``, ``logs/``),
