@@ -118,3 +118,11 @@ def test_a_wrong_option_is_caught(tmp_path):
     page.write_text("`python scripts/prepare_data.py polyp --kvasir=K`\n")
     ((name, tokens),) = page_commands(page)
     assert "kvasir" not in parameters(PREPARE_COMMANDS["polyp"]) and options(tokens) == ["kvasir"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_on_the_page_resolves(page):
+    targets = [m.split("#")[0] for m in re.findall(r"\]\(([^)\s]+)\)", page.read_text())]
+    local = [t for t in targets if t and not t.startswith(("http://", "https://", "mailto:"))]
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to missing {missing}"
