@@ -575,7 +575,7 @@ def expected_volume_lines(
     }
     for loss, rows_by_image in runs_by_loss.items():
         cells = []
-        for name in LAW_VOLUMES:
+        for name in ("whole", "anterior", "posterior"):  # the header's order
             values = per_image_values(rows_by_image, dice_metrics[name])
             cells.append(f"{100 * np.mean(list(values.values())):.1f}" if values else "n/a")
         for name, kind in (("whole", "hard"), ("whole", "soft"), ("anterior", "soft"), ("posterior", "soft")):
