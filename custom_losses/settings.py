@@ -84,10 +84,14 @@ def boolean(value: Any, network: Network) -> str | None:
 
 
 def folds(value: Any, network: Network) -> str | None:
-    ok = isinstance(value, (list, tuple)) and value and all(_is_int(f) and f >= 1 for f in value)
+    """The fold models of an ensemble: two or more (one model's figures are evaluate.json's)."""
+    ok = isinstance(value, (list, tuple)) and len(value) >= 2 and all(_is_int(f) and f >= 1 for f in value)
     if ok and len(set(value)) == len(value):
         return None
-    return f"must be a list of distinct positive fold numbers such as [1, 2, 3, 4, 5], {_got(value)}"
+    return (
+        "must be a list of at least two distinct positive fold numbers such as [1, 2, 3, 4, 5] "
+        f"(a single fold's model is evaluated by evaluate.json), {_got(value)}"
+    )
 
 
 def _multiples_near(size: Any, multiple: int) -> list[int]:

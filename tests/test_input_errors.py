@@ -216,7 +216,8 @@ DOWNSAMPLES_32 = "(the FlexibleUNet downsamples by 2 x 2 x 2 x 2 x 2 = 32)"
         ("cache_rate", 1.5, FLEXIBLE_UNET, "cache_rate must be a number in [0, 1], got 1.5"),
         ("resume", "yes", FLEXIBLE_UNET, "resume must be True or False, got 'yes'"),
         ("fold", 0, FLEXIBLE_UNET, "fold must be a positive integer, got 0"),
-        ("folds", [1, 1], FLEXIBLE_UNET, "folds must be a list of distinct positive fold numbers such as"),
+        ("folds", [1, 1], FLEXIBLE_UNET, "folds must be a list of at least two distinct positive fold numbers"),
+        ("folds", [1], FLEXIBLE_UNET, "folds must be a list of at least two distinct positive fold numbers such as"),
         (
             "image_size",
             7,
@@ -359,7 +360,7 @@ def config_files(configs: list[str]) -> str:
         pytest.param("polyp_ce", TRAIN, {"device": "cuda"}, f"error: {NO_CUDA}", marks=needs_no_cuda),
         ("polyp_ce", EVALUATE, {"val_batch_size": -4}, "error: val_batch_size must be a positive integer, got -4"),
         pytest.param("polyp_ce", EVALUATE, {"device": "cuda"}, f"error: {NO_CUDA}", marks=needs_no_cuda),
-        ("polyp_ce", ENSEMBLE, {"folds": [1, 0]}, "error: folds must be a list of distinct positive fold numbers"),
+        ("polyp_ce", ENSEMBLE, {"folds": [1, 0]}, "error: folds must be a list of at least two distinct positive"),
         ("polyp_ce", INFERENCE, {"image_size": 100}, "error: image_size must be a positive multiple of 32"),
         ("polyp_ce_finetune_dice", FINETUNE, {"epochs": 0}, "error: epochs must be a positive integer, got 0"),
         ("polyp_ce", MULTI_GPU, {"batch_size": "8"}, "error: batch_size must be a positive integer, got '8'"),

@@ -129,6 +129,8 @@ def test_study_refuses_bad_arguments(tmp_path):
         run_study.study("polyp", bundles=["focal"], data_dir=str(tmp_path), output_dir=str(tmp_path))
     with pytest.raises(run_study.StudyError, match="no test set to ensemble on"):
         run_study.study("hippocampus", ensemble=True, data_dir=str(tmp_path), output_dir=str(tmp_path))
+    with pytest.raises(run_study.StudyError, match=r"--ensemble needs two or more folds, got --folds=\[1\]"):
+        run_study.study("polyp", ensemble=True, folds=[1], data_dir=str(tmp_path), output_dir=str(tmp_path))
     assert run_study.bundle_names("hippocampus", None, run_study.REPO / "bundles") == [
         f"hippocampus_{loss}" for loss in ("ce", "dice", "batch_dice", "ce_dice", "ce_finetune_dice", "dbce")
     ]

@@ -342,6 +342,11 @@ def plan_study(
     bundles_root = Path(bundles_dir).resolve() if bundles_dir else BUNDLES_DIR
     names = bundle_names(chosen, bundles, bundles_root)
     folds, seeds = _int_list("folds", folds), _int_list("seeds", seeds)
+    if ensemble and len(set(folds)) < 2:
+        raise StudyError(
+            f"--ensemble needs two or more folds, got --folds={folds}: a fold ensemble averages the fold models "
+            "(for Galdran's comparison, all five: --folds=[1,2,3,4,5])"
+        )
     settings = dict(chosen.default_settings)
     settings.update(SETTINGS[setting][dataset] if setting else {})
     settings.update(overrides)
