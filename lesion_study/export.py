@@ -29,13 +29,13 @@ import zipfile
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import fire
 import torch
 from monai.bundle import ConfigParser, ckpt_export
 
 import custom_losses
 from custom_losses.atomic import replace_atomically
 from custom_losses.handlers import EVALUATED_MODEL_FILES, checkpoint_mismatch
+from lesion_study.command import run_fire
 from lesion_study.paths import BUNDLES_DIR
 from lesion_study.study.layout import ReportInputError, read_settings, settings_file
 from lesion_study.study.plan import top_level_id
@@ -521,12 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 
     export_command.__doc__ = export_bundle.__doc__
     export_command.__signature__ = inspect.signature(export_bundle)
-    try:
-        fire.Fire(export_command, command=sys.argv[1:] if argv is None else argv, name="export_bundle.py")
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(export_command, argv, "export_bundle.py", (ExportError,))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import fire
-
 from custom_losses.atomic import write_text_atomic
+from lesion_study.command import run_fire
 from lesion_study.paths import REPO
 from lesion_study.study.layout import discover_runs
 from lesion_study.study.report import per_image_csvs
@@ -129,12 +128,7 @@ publish_command.__signature__ = inspect.signature(publish)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        fire.Fire(publish_command, command=argv, name="publish_results.py")
-    except PublishError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(publish_command, argv, "publish_results.py", (PublishError,))
 
 
 if __name__ == "__main__":

@@ -58,12 +58,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import fire
 import numpy as np
 import torch
 from torch.nn.modules.loss import _Loss
 
 from custom_losses import CrossEntropyLoss, SoftDiceLoss
+from custom_losses.errors import InputError
+from lesion_study.command import run_fire
 
 IMAGE_SIZE = 32
 LESION_CENTRE = (16.3, 15.8)  # (x, y) pixels; off the grid, so almost every pixel has its own centre distance
@@ -97,9 +98,9 @@ class CaseGroup:
 
     def __post_init__(self) -> None:
         if self.radius_law not in ("uniform", "log_uniform") or not 0 < self.radius_min < self.radius_max:
-            raise ValueError(f"need a uniform or log_uniform law on 0 < radius_min < radius_max, got {self}")
+            raise InputError(f"need a uniform or log_uniform law on 0 < radius_min < radius_max, got {self}")
         if not 0 < self.presence <= 1:
-            raise ValueError(f"presence must be in (0, 1], got {self.presence}")
+            raise InputError(f"presence must be in (0, 1], got {self.presence}")
 
     def radius_cdf(self, radius: np.ndarray) -> np.ndarray:
         """P(R <= radius), clipped to [0, 1]."""
@@ -208,7 +209,7 @@ def sample_labels(
         radius_levels = (strata[0] + torch.rand(shape, generator=generator)) / samples_per_case
         presence_levels = (strata[1] + torch.rand(shape, generator=generator)) / samples_per_case
     else:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        raise InputError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     radius = group.radius_quantile(radius_levels).reshape(-1, 1, 1)
     present = (presence_levels < group.presence).reshape(-1, 1, 1)
     return ((distances.unsqueeze(0) <= radius) & present).unsqueeze(1).float()
@@ -361,7 +362,7 @@ def volume_tolerance(
     compare with this bound.
     """
     if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        raise InputError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     spread = 0.25
     informative = max(group.presence * samples_per_case, 1.0)
     noise = math.sqrt(spread / informative) if sampling == "iid" else 1 / (2 * informative)
@@ -503,7 +504,7 @@ def run_study(
     chosen = [s for s in default_scenarios(cases_per_group) if scenarios is None or s.name in scenarios]
     loss_names = list(LOSSES) if losses is None else list(losses)
     if not chosen or any(name not in LOSSES for name in loss_names) or sampling not in SAMPLINGS:
-        raise ValueError(f"bad scenarios {scenarios}, losses {loss_names} or sampling {sampling!r}")
+        raise InputError(f"bad scenarios {scenarios}, losses {loss_names} or sampling {sampling!r}")
     results: dict = {
         "settings": {
             "steps": steps,
@@ -777,10 +778,10 @@ def label_law_theory(
     """:func:`label_law_ideal_volumes` of the held-out volumes of ``folds``, in ml, each volume named."""
     volumes = held_out_labels(data_dir, folds, spatial_size)
     if not volumes:
-        raise ValueError(f"{data_dir}: no held-out volume in folds {list(folds)}")
+        raise InputError(f"{data_dir}: no held-out volume in folds {list(folds)}")
     voxel_ml = {v["voxel_ml"] for v in volumes}
     if len(voxel_ml) != 1:
-        raise ValueError(f"{data_dir}: the volumes' voxel sizes differ ({sorted(voxel_ml)} ml); one is needed")
+        raise InputError(f"{data_dir}: the volumes' voxel sizes differ ({sorted(voxel_ml)} ml); one is needed")
     result = label_law_ideal_volumes(
         [v["label"] for v in volumes], width, voxel_ml.pop(), quadrature=quadrature, resolution=resolution
     )
@@ -980,8 +981,8 @@ def theory(cases_per_group: int = 8) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": run, "theory": theory, "label_law": label_law}
-    fire.Fire(commands, command=list(argv) if argv is not None else None, name="volume_bias_study.py")
-    return 0
+    # a bad scenario, law or sampling, or a missing or malformed dataset
+    return run_fire(commands, argv, "volume_bias_study.py", (InputError,))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import fire
-
 from lesion_study.bundlegen.docs import index_readme
 from lesion_study.bundlegen.files import all_bundles, bundle_files
 from lesion_study.bundlegen.specs import (
@@ -32,6 +30,7 @@ from lesion_study.bundlegen.specs import (
     SpecError,
     load_dataset_spec,
 )
+from lesion_study.command import run_fire
 
 __all__ = [
     "BUNDLES_DIR",
@@ -87,12 +86,7 @@ def make_bundles(check: bool = False, output_dir: str | None = None, dataset_spe
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        fire.Fire(make_bundles, command=argv, name="make_bundles.py")
-    except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(make_bundles, argv, "make_bundles.py", (SpecError,))
 
 
 if __name__ == "__main__":

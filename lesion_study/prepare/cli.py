@@ -12,8 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import fire
-
+from lesion_study.command import run_fire
 from lesion_study.prepare.common import DataPreparationError
 from lesion_study.prepare.datasets import prepare_footulcer, prepare_hippocampus, prepare_polyp
 from lesion_study.prepare.folder import prepare_folder
@@ -28,12 +27,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: one-line ``error: ...`` and exit status 1 on bad input."""
-    try:
-        fire.Fire(COMMANDS, command=list(argv) if argv is not None else None, name="prepare_data.py")
-    except DataPreparationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_fire(COMMANDS, argv, "prepare_data.py", (DataPreparationError,))
 
 
 if __name__ == "__main__":

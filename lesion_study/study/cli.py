@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-import fire
-
 from lesion_study.bundlegen.specs import DATASETS as DATASET_SPECS
 from lesion_study.bundlegen.specs import SpecError
+from lesion_study.command import run_fire
 from lesion_study.paths import REPO  # noqa: F401  (tests and users find the repository here)
 from lesion_study.study import tracking as study_tracking
 from lesion_study.study.launch import (
@@ -266,26 +265,22 @@ def report(output_dir: str, reference: str = "ce") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    errors = (StudyError, SpecError, ReportInputError, LaunchError, study_tracking.TrackingError)
     commands = {"run_bundle": run_bundle, "report": report}
-    try:
-        if argv and argv[0] in commands:
-            fire.Fire(commands[argv[0]], command=argv[1:], name=argv[0])
-            return 0
-        if any(arg in ("--help", "-h") for arg in argv):  # with **overrides, fire would take it as one
-            argv = ["--", "--help"]
-        exit_codes: list[int] = []
+    if argv and argv[0] in commands:
+        return run_fire(commands[argv[0]], argv[1:], argv[0], errors)
+    if any(arg in ("--help", "-h") for arg in argv):  # with **overrides, fire would take it as one
+        argv = ["--", "--help"]
+    exit_codes: list[int] = []
 
-        def study_command(*args, **kwargs) -> None:
-            exit_codes.append(study(*args, **kwargs))
+    def study_command(*args, **kwargs) -> None:
+        exit_codes.append(study(*args, **kwargs))
 
-        study_command.__doc__ = study.__doc__
-        study_command.__signature__ = inspect.signature(study)
-        fire.Fire(study_command, command=argv, name="run_study.py")
-        return exit_codes[0] if exit_codes else 0
-    except (StudyError, SpecError, ReportInputError, LaunchError, study_tracking.TrackingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    study_command.__doc__ = study.__doc__
+    study_command.__signature__ = inspect.signature(study)
+    status = run_fire(study_command, argv, "run_study.py", errors)
+    return status or (exit_codes[0] if exit_codes else 0)
 
 
 if __name__ == "__main__":
