@@ -67,9 +67,8 @@ def parameters(function) -> set[str]:
 
 def check_study(tokens: list[str]) -> None:
     positional = [t for t in tokens if not t.startswith("-")]
-    if positional and positional[0] in ("report", "run_bundle"):
-        function = study_cli.report if positional[0] == "report" else study_cli.run_bundle
-        assert set(options(tokens)) <= parameters(function), tokens
+    if positional and positional[0] in study_cli.SUBCOMMANDS:
+        assert set(options(tokens)) <= parameters(study_cli.SUBCOMMANDS[positional[0]]), tokens
         return
     unknown = {key: None for key in options(tokens) if key not in parameters(study_cli.study)}
     dataset = positional[0] if positional else "demo"
@@ -114,6 +113,10 @@ def test_a_wrong_option_is_caught(tmp_path):
     page.write_text("```bash\npython scripts/run_study.py polyp --data_dir=d --learning_rat=1\n```\n")
     ((name, tokens),) = page_commands(page)
     with pytest.raises(StudyError, match="learning_rat"):
+        check_study(tokens)
+    page.write_text("```bash\npython scripts/run_study.py sweep s/a s/c \\\n  --parameters=dbce_radius\n```\n")
+    ((name, tokens),) = page_commands(page)
+    with pytest.raises(AssertionError, match="parameters"):  # a subcommand's options are its function's
         check_study(tokens)
     page.write_text("`python scripts/prepare_data.py polyp --kvasir=K`\n")
     ((name, tokens),) = page_commands(page)

@@ -4,6 +4,7 @@
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1] --epochs=40 --device=cuda
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
+    python scripts/run_study.py sweep study/r1 study/r2 --parameter=dbce_radius   # one setting across studies
     python scripts/run_study.py polyp --data_dir=DATA/polyp --gpus=[0,1,2,3] --tracking=mlflow  # scale out:
     python scripts/run_study.py polyp --data_dir=DATA/polyp --launcher=slurm --slurm_partition=gpu  # docs/scale_out.md
 
@@ -56,6 +57,7 @@ from lesion_study.study.plan import (  # noqa: F401  (the study's names, importa
     read_json,
 )
 from lesion_study.study.run import run_bundle
+from lesion_study.study.sweep import sweep
 
 
 def study(
@@ -264,12 +266,14 @@ def report(output_dir: str, reference: str = "ce") -> None:
     print(f"report: {out / 'results.md'}")
 
 
+SUBCOMMANDS = {"run_bundle": run_bundle, "report": report, "sweep": sweep}  # the first argument; else a dataset
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     errors = (StudyError, SpecError, ReportInputError, LaunchError, study_tracking.TrackingError)
-    commands = {"run_bundle": run_bundle, "report": report}
-    if argv and argv[0] in commands:
-        return run_fire(commands[argv[0]], argv[1:], argv[0], errors)
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_fire(SUBCOMMANDS[argv[0]], argv[1:], argv[0], errors)
     if any(arg in ("--help", "-h") for arg in argv):  # with **overrides, fire would take it as one
         argv = ["--", "--help"]
     exit_codes: list[int] = []
