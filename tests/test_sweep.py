@@ -68,3 +68,11 @@ def test_sweep_command_writes_its_page_and_names_a_missing_folder(studies, tmp_p
     capsys.readouterr()
     assert run_study.main(["sweep", str(tmp_path / "nowhere"), "--parameter=dbce_radius"]) == 1
     assert capsys.readouterr().err.strip() == f"error: study folder {tmp_path / 'nowhere'} does not exist"
+
+
+def test_the_convergence_note_names_the_epoch_whose_model_was_evaluated():
+    from lesion_study.study.report import convergence_lines
+
+    curves = {"dbce": [("seed 0 fold 1", [(1, 0.5), (2, 0.6), (3, 0.6)])]}
+    assert "(the evaluated model is the last epoch's)" in " ".join(convergence_lines(curves, "final"))
+    assert "(the evaluated model is the best epoch's)" in " ".join(convergence_lines(curves))

@@ -440,9 +440,14 @@ def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list
     return labelled_curves(run_curves(out, names, folds, seeds))
 
 
-def convergence_lines(curves: dict[str, list]) -> list[str]:
+EVALUATED_EPOCH = {"best": "best epoch's", "final": "last epoch's"}  # the bundles' evaluation_model
+
+
+def convergence_lines(curves: dict[str, list], evaluation_model: str = "best") -> list[str]:
+    """The convergence table; ``evaluation_model`` (best or final) says which epoch's model was evaluated."""
     if not curves:
         return []
+    evaluated = EVALUATED_EPOCH.get(evaluation_model, evaluation_model)
     lines = [
         "### Convergence (validation Dice per epoch, `validation_curves.png`)",
         "",
@@ -462,7 +467,7 @@ def convergence_lines(curves: dict[str, list]) -> list[str]:
         f"Flattened: the best validation Dice rose by less than {FLAT_TOLERANCE} over the last fifth of the epochs",
         f"(at least 2). *Still rising*: it ended within {FLAT_TOLERANCE} of a best reached in that stretch, so",
         "more epochs may still help. *Peaked, then fell*: its best came in that stretch and the last epoch was",
-        f"more than {FLAT_TOLERANCE} below it (the saved model is the best epoch's); whether more epochs help",
+        f"more than {FLAT_TOLERANCE} below it (the evaluated model is the {evaluated}); whether more epochs help",
         "or the peak is the noise of a small validation set, only a longer run tells.",
         "",
     ]
@@ -911,7 +916,7 @@ def write_report(
     lines += table_lines
     by_run = run_curves(out, names, folds, seeds)
     curves = labelled_curves(by_run)
-    lines += convergence_lines(curves)
+    lines += convergence_lines(curves, settings.get("evaluation_model", "best"))
 
     comparison: list[dict] = []
     if reference in runs_by_loss and len(runs_by_loss) > 1:
