@@ -76,12 +76,14 @@ SETTINGS = {
         "polyp": GALDRAN_RECIPE
         | {
             "image_size": [96, 128],  # his 480x640 (height x width, the frames' 3:4 aspect) divided by 5
-            "dbce_radius": 2,  # 5 px at 352 px is 1.8 px at 128 px wide: provisional until the R sweep
+            # the sweep R in {1, 2, 3, 5} on fold 1 validation: 5 highest, validation Dice rising with R
+            # (docs/results/polyp_galdran_dbce_radius_cpu.md)
+            "dbce_radius": 5,
         },
         "footulcer": GALDRAN_RECIPE
         | {
             "image_size": [128, 128],  # FUSeg's photographs are square (512x512): aspect kept, as he keeps it
-            "dbce_radius": 1,  # 5 px at 512 px is 1.25 px at 128 px
+            "dbce_radius": 5,  # the polyp sweep's R (smaller radii were worse there); not swept on foot ulcers
         },
     },
 }
