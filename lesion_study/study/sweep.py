@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import fmean
 
 from custom_losses.atomic import write_text_atomic
-from lesion_study.study.layout import ReportInputError, discover_runs, run_path, settings_file
+from lesion_study.study.layout import ReportInputError, discover_runs, run_path, settings_file, stage_marker
 
 TEST_FIGURES = (("dice_lesion", "test Dice (lesion images)"), ("dice_all", "test Dice (all images)"))
 TEST_FIGURES_3D = (("whole_dice", "held-out Dice (whole)"),)
@@ -48,7 +49,7 @@ def sweep_runs(output_dirs: list[Path], parameter: str) -> list[dict]:
             for seed in seeds:
                 run_dir = run_path(out, name, seed)
                 for fold in folds:
-                    summary_path = run_dir / "eval" / f"fold{fold}" / "summary.json"
+                    summary_path = stage_marker(run_dir, fold, "evaluate")
                     if not summary_path.is_file():
                         continue
                     curve = validation_curve(run_dir, fold)
@@ -69,16 +70,12 @@ def sweep_runs(output_dirs: list[Path], parameter: str) -> list[dict]:
     return sorted(rows, key=lambda r: (json.dumps(r["value"]), r["bundle"], r["seed"], r["fold"]))
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def best_value(rows: list[dict]) -> tuple[object, float, float | None]:
     """The value of the highest mean last validation Dice, that mean, and its margin over the next value."""
     by_value: dict[str, list[float]] = {}
     for row in rows:
         by_value.setdefault(json.dumps(row["value"]), []).append(row["convergence"]["last"])
-    ranked = sorted(((_mean(v), k) for k, v in by_value.items()), reverse=True)
+    ranked = sorted(((fmean(v), k) for k, v in by_value.items()), reverse=True)
     margin = ranked[0][0] - ranked[1][0] if len(ranked) > 1 else None
     return json.loads(ranked[0][1]), ranked[0][0], margin
 
