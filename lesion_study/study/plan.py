@@ -305,6 +305,7 @@ class Plan:
 
 def plan_study(
     dataset: str,
+    *,
     data_dir: str | None,
     bundles: list[str] | str | None,
     folds: list[int] | int,
