@@ -5,6 +5,7 @@
     python scripts/run_study.py polyp --data_dir=DATA/polyp --folds=[1,2,3,4,5] --ensemble=True
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
     python scripts/run_study.py sweep study/r1 study/r2 --parameter=dbce_radius   # one setting across studies
+    python scripts/run_study.py levels study/w0 study/w2       # volume bias across label-uncertainty widths
     python scripts/run_study.py polyp --data_dir=DATA/polyp --gpus=[0,1,2,3] --tracking=mlflow  # scale out:
     python scripts/run_study.py polyp --data_dir=DATA/polyp --launcher=slurm --slurm_partition=gpu  # docs/scale_out.md
 
@@ -44,6 +45,7 @@ from lesion_study.study.launch import (
     run_child,
 )
 from lesion_study.study.layout import STUDY_RECORD, ReportInputError, discover_runs, read_study_record
+from lesion_study.study.levels import levels
 from lesion_study.study.plan import (  # noqa: F401  (the study's names, importable from its command)
     DEMO_SETTINGS,
     SETTINGS,
@@ -266,7 +268,12 @@ def report(output_dir: str, reference: str = "ce") -> None:
     print(f"report: {out / 'results.md'}")
 
 
-SUBCOMMANDS = {"run_bundle": run_bundle, "report": report, "sweep": sweep}  # the first argument; else a dataset
+SUBCOMMANDS = {
+    "run_bundle": run_bundle,
+    "report": report,
+    "sweep": sweep,
+    "levels": levels,
+}  # the first argument; else a dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,203 @@
+"""Label-uncertainty levels side by side: study folders of one volume dataset, each trained at one width of
+the label law (``--label_uncertainty_width``), compared volume by volume on the same held-out fold.
+
+    python scripts/run_study.py levels study/hippocampus_w0 study/hippocampus_w2 --output_dir=study/levels
+
+Bertels et al.'s claim is about what label uncertainty does: soft Dice's volumes drift from the expected
+volume when the labels are uncertain, CE's do not. Each study's own report gives the error at its width;
+this page gives, per loss, how the error changes from the lowest width to each other one, and how its
+difference to the reference loss changes (a difference of paired differences over the same volumes).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from custom_losses.atomic import write_text_atomic
+from lesion_study.study.layout import ReportInputError, discover_runs, read_settings, settings_file
+
+WIDTH = "label_uncertainty_width"
+
+
+def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[dict]]]:
+    """A study folder's label-law width (every run's own), its per-volume CSVs and convergence by loss."""
+    from lesion_study.study.report import convergence, loss_of, per_image_csvs, validation_curve
+
+    names, seeds, folds = discover_runs(out)
+    if not names:
+        raise ReportInputError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/)")
+    widths: dict[float, Path] = {}
+    csvs: dict[str, list[Path]] = {}
+    curves: dict[str, list[dict]] = {}
+    for name in names:
+        paths = per_image_csvs(out, name, folds, seeds)
+        if not paths or paths[0].name != "per_volume.csv":
+            raise ReportInputError(f"{out}: {name} has no per-volume CSV; levels compares volume studies only")
+        for path in paths:
+            run_dir, fold = path.parents[2], int(path.parent.name[4:])
+            settings = read_settings(run_dir, fold)
+            if settings is None:
+                raise ReportInputError(f"{settings_file(run_dir, fold)} does not exist: the run's {WIDTH} is unknown")
+            widths.setdefault(float(settings.get(WIDTH, 0)), settings_file(run_dir, fold))
+            curve = validation_curve(run_dir, fold)
+            curves.setdefault(loss_of(name), []).append(convergence(curve) if curve else {})
+        csvs[loss_of(name)] = paths
+    if len(widths) > 1:
+        listed = ", ".join(f"{w:g} ({p})" for w, p in widths.items())
+        raise ReportInputError(f"{out}: its runs were trained at different {WIDTH}s: {listed}")
+    return next(iter(widths)), csvs, curves
+
+
+def _cell(estimate: tuple[float, float, float], digits: int = 3, bold: bool = False) -> str:
+    value, low, high = estimate
+    text = f"{value:+.{digits}f}" + ("" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
+    return f"**{text}**" if bold and not math.isnan(low) and (low > 0 or high < 0) else text
+
+
+def _paired(a: dict[str, float], b: dict[str, float], seed: int) -> dict | None:
+    """Mean of a - b over the volumes both hold, with its interval and Wilcoxon p (None without volumes)."""
+    from lesion_study.study.statistics import paired_difference
+
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    return paired_difference([a[i] for i in common], [b[i] for i in common], seed=seed)
+
+
+def _estimate(result: dict | None) -> tuple[float, float, float]:
+    if result is None:
+        return math.nan, math.nan, math.nan
+    return result["difference"], result["ci_low"], result["ci_high"]
+
+
+def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> list[str]:
+    """The page: runs and flattening per level, the error against the expected volume per level with its
+    change from the lowest width, and Dice per level."""
+    from lesion_study.study.comparison import (
+        EXPECTED_PAIRED,
+        VOLUME_PAIRED,
+        format_p,
+        per_image_values,
+        read_runs,
+    )
+    from lesion_study.study.statistics import holm, mean_ci
+
+    levels = sorted((_level_of(f) + (f,) for f in folders), key=lambda level: level[0])
+    widths = [level[0] for level in levels]
+    for a, b in zip(levels, levels[1:], strict=False):
+        if a[0] == b[0]:
+            raise ReportInputError(f"{a[3]} and {b[3]} were both trained at {WIDTH} {a[0]:g}: one folder per level")
+    losses = list(dict.fromkeys(loss for level in levels for loss in level[1]))
+    if reference not in losses:
+        raise ReportInputError(
+            f"the reference loss {reference!r} has no evaluated run in {', '.join(map(str, folders))}"
+        )
+    runs = [{loss: read_runs(paths) for loss, paths in level[1].items()} for level in levels]
+    base, others = widths[0], widths[1:]
+
+    lines = [
+        "| loss | " + " | ".join(f"width {w:g}: runs (flattened)" for w in widths) + " |",
+        "|---|" + "---|" * len(widths),
+    ]
+    for loss in losses:
+        cells = []
+        for level in levels:
+            results = level[2].get(loss, [])
+            cells.append(f"{len(results)} ({sum(bool(r.get('flattened')) for r in results)})" if results else "-")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Flattened: the report's rule (the best validation Dice rose by less than 0.01 over the last fifth of",
+        "the epochs); each level's own report lists every run's curve.",
+        "",
+        f"### Error against the expected volume (ml), by width, and its change from width {base:g}",
+        "",
+    ]
+    head = "| volume | from | loss |" + "".join(f" width {w:g} | - {reference} |" for w in widths)
+    head += "".join(f" change {base:g} to {w:g} | change of the difference to {reference} | Holm p |" for w in others)
+    lines += [head, "|---" * (3 + 2 * len(widths) + 3 * len(others)) + "|"]
+    for metric in EXPECTED_PAIRED:
+        name, source = metric.title.split(", ")
+        values = [{loss: per_image_values(r[loss], metric) for loss in r} for r in runs]
+        to_reference = [
+            {loss: _paired(v[loss], v[reference], seed) if reference in v and loss != reference else None for loss in v}
+            for v in values
+        ]
+        changes, holm_p = {}, {}
+        for k in range(1, len(levels)):
+            for loss in losses:
+                own = _paired(values[k].get(loss, {}), values[0].get(loss, {}), seed)
+                relative = None
+                if loss != reference and all(loss in v and reference in v for v in (values[0], values[k])):
+                    differences = [
+                        {i: v[loss][i] - v[reference][i] for i in set(v[loss]) & set(v[reference])}
+                        for v in (values[k], values[0])
+                    ]
+                    relative = _paired(differences[0], differences[1], seed)
+                changes[(k, loss)] = (own, relative)
+            compared = [loss for loss in losses if changes[(k, loss)][1] is not None]
+            for loss, p in zip(compared, holm([changes[(k, loss)][1]["p"] for loss in compared]), strict=True):
+                holm_p[(k, loss)] = p
+        for loss in losses:
+            cells = []
+            for k, v in enumerate(values):
+                cells.append(_cell(mean_ci(list(v[loss].values()), seed=seed)) if v.get(loss) else "-")
+                cells.append(
+                    _cell(_estimate(to_reference[k].get(loss)), bold=True) if to_reference[k].get(loss) else ""
+                )
+            for k in range(1, len(levels)):
+                own, relative = changes[(k, loss)]
+                cells.append(_cell(_estimate(own), bold=True) if own else "-")
+                cells.append(_cell(_estimate(relative), bold=True) if relative else "")
+                cells.append(format_p(holm_p[(k, loss)]) if (k, loss) in holm_p else "")
+            lines.append(f"| {name} | {source} | {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Error: predicted minus expected volume under the law the runs were trained with (at width 0, the",
+        "label's volume), per held-out volume averaged over a loss's runs; mean with a 95% BCa bootstrap",
+        f"interval over volumes. - {reference}: the paired mean difference to {reference} at that width. Change:",
+        f"the width's error minus width {base:g}'s, paired over the volumes both evaluated; change of the",
+        f"difference to {reference}: (loss - {reference}) at that width minus (loss - {reference}) at width {base:g},",
+        "paired over the volumes of all four. Holm p: Wilcoxon signed-rank test of that change, Holm's",
+        f"correction over the losses compared with {reference}, per row group. Bold: the interval excludes 0.",
+        "",
+        "### Dice (points) by width",
+        "",
+        "| loss |"
+        + "".join(f" width {w:g} |" for w in widths)
+        + "".join(f" change {base:g} to {w:g} |" for w in others),
+        "|---|" + "---|" * (len(widths) + len(others)),
+    ]
+    dice = next(m for m in VOLUME_PAIRED if m.key == "whole_dice")
+    for loss in losses:
+        values = [per_image_values(r[loss], dice) if loss in r else {} for r in runs]
+        cells = [f"{100 * np.mean(list(v.values())):.1f}" if v else "-" for v in values]
+        for k in range(1, len(levels)):
+            result = _paired(values[k], values[0], seed)
+            cells.append(_cell(tuple(100 * x for x in _estimate(result)), digits=1, bold=True) if result else "-")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += ["", "Dice of the whole hippocampus against the held-out label, mean over volumes; change paired.", ""]
+    return lines
+
+
+def levels(*output_dirs: str, reference: str = "ce", output_dir: str | None = None) -> None:
+    """Compare study folders of one volume dataset trained at different label-uncertainty widths: print, per
+    loss, the error against the expected volume at each width and its change from the lowest width (and
+    that of its difference to ``reference``), with intervals. With ``output_dir``, also write ``levels.md``."""
+    if len(output_dirs) < 2:
+        raise ReportInputError("name two or more study folders, e.g. levels study/w0 study/w2")
+    folders = [Path(d).resolve() for d in output_dirs]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ReportInputError(f"study folder {folder} does not exist")
+    lines = level_lines(folders, reference)
+    print("\n".join(lines))
+    if output_dir is not None:
+        target = Path(output_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        sources = ", ".join(f"`{f.name}`" for f in folders)
+        write_text_atomic(target / "levels.md", "\n".join([f"# Label-uncertainty levels: {sources}", "", *lines]))
+        print(f"wrote {target / 'levels.md'}")
