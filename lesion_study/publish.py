@@ -24,7 +24,13 @@ from lesion_study.paths import REPO
 from lesion_study.study.layout import discover_runs
 from lesion_study.study.report import per_image_csvs
 
-PLOTS = ("dice_vs_lesion_free_fp.png", "area_errors.png", "reliability.png", "validation_curves.png")
+PLOTS = (
+    "dice_vs_lesion_free_fp.png",
+    "area_errors.png",
+    "bland_altman_expected.png",
+    "reliability.png",
+    "validation_curves.png",
+)
 # results.csv columns that go into a bundle's docs and metadata (those present)
 HEADLINE_COLUMNS = (
     "dice_lesion",

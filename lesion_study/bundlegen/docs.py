@@ -66,6 +66,13 @@ DOCS_3D = {
 }
 
 
+# published DBCE radius sweeps, by dataset (docs/results/)
+DBCE_SWEEPS = {
+    "polyp": "Swept at the `galdran_cpu` setting (96x128 px, fold 1, seed 0): "
+    "docs/results/polyp_galdran_dbce_radius_cpu.md in the repository, which chose R = 5 for that setting.",
+}
+
+
 def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
     loss = LOSSES[loss_name]
     bundle = f"{spec.name}_{loss_name}"
@@ -86,8 +93,10 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             f"- `dbce_radius` (default {spec.dbce_radius}): dilation radius in {texts['unit']} of {size}, not of "
             f"the prepared images.{scaled} Pick it by a sweep on fold 1 validation, one study folder per radius: "
             f"`python scripts/run_study.py {spec.name} --bundles=[dbce] --data_dir=DATA/{spec.name} --dbce_radius=R "
-            f"--output_dir=study/{spec.name}_dbce_rR` (add the study's `--setting` and compare the runs' validation "
-            "Dice) for R in 1, 2, 3, 5 (sweep results: pending)."
+            f"--output_dir=study/{spec.name}_dbce_rR` (add the study's `--setting`) for R in 1, 2, 3, 5, then "
+            f"`python scripts/run_study.py sweep study/{spec.name}_dbce_r1 study/{spec.name}_dbce_r2 "
+            f"study/{spec.name}_dbce_r3 study/{spec.name}_dbce_r5 --parameter=dbce_radius` (the highest mean last "
+            f"validation Dice). {DBCE_SWEEPS.get(spec.name, 'Not swept on this dataset yet.')}"
         )
     if spec.kind == "mri3d":
         overrides.append(
