@@ -82,6 +82,6 @@ def test_levels_command_writes_its_page_and_names_what_is_missing(levels_folders
     assert page.startswith("# Label-uncertainty levels: `w2`, `w0`") and "change 0 to 2" in page
     capsys.readouterr()
     assert run_study.main(["levels", str(levels_folders[0]), "--reference=batch_dice"]) == 1
-    assert capsys.readouterr().err.strip() == "error: name two or more study folders, e.g. levels study/w0 study/w2"
+    assert capsys.readouterr().err.strip() == "error: name 2 or more study folders, e.g. levels study/w0 study/w2"
     assert run_study.main(["levels", *map(str, levels_folders), "--reference=batch_dice"]) == 1
     assert "the reference loss 'batch_dice' has no evaluated run" in capsys.readouterr().err

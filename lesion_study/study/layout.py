@@ -80,3 +80,25 @@ def read_study_record(out: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReportInputError(f"{path} is not valid JSON: {error}") from None
+
+
+def study_folders(output_dirs: tuple[str, ...], minimum: int, example: str) -> list[Path]:
+    """The study folders a comparison command was given, resolved; at least ``minimum``, each existing."""
+    if len(output_dirs) < minimum:
+        raise ReportInputError(f"name {'the' if minimum < 2 else f'{minimum} or more'} study folders, e.g. {example}")
+    folders = [Path(d).resolve() for d in output_dirs]
+    for folder in folders:
+        if not folder.is_dir():
+            raise ReportInputError(f"study folder {folder} does not exist")
+    return folders
+
+
+def write_comparison_page(output_dir: str, file_name: str, title: str, folders: list[Path], lines: list[str]) -> Path:
+    """``OUTPUT_DIR/file_name``: a comparison command's page, titled ``title`` followed by the folders' names."""
+    from custom_losses.atomic import write_text_atomic
+
+    target = Path(output_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    sources = ", ".join(f"`{f.name}`" for f in folders)
+    write_text_atomic(target / file_name, "\n".join([f"# {title} {sources}", "", *lines, ""]))
+    return target / file_name

@@ -16,8 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_losses.atomic import write_text_atomic
-from lesion_study.study.layout import ReportInputError, discover_runs, read_settings, settings_file
+from lesion_study.study.layout import (
+    ReportInputError,
+    discover_runs,
+    read_settings,
+    settings_file,
+    study_folders,
+    write_comparison_page,
+)
 
 WIDTH = "label_uncertainty_width"
 
@@ -187,17 +193,9 @@ def levels(*output_dirs: str, reference: str = "ce", output_dir: str | None = No
     """Compare study folders of one volume dataset trained at different label-uncertainty widths: print, per
     loss, the error against the expected volume at each width and its change from the lowest width (and
     that of its difference to ``reference``), with intervals. With ``output_dir``, also write ``levels.md``."""
-    if len(output_dirs) < 2:
-        raise ReportInputError("name two or more study folders, e.g. levels study/w0 study/w2")
-    folders = [Path(d).resolve() for d in output_dirs]
-    for folder in folders:
-        if not folder.is_dir():
-            raise ReportInputError(f"study folder {folder} does not exist")
+    folders = study_folders(output_dirs, 2, "levels study/w0 study/w2")
     lines = level_lines(folders, reference)
     print("\n".join(lines))
     if output_dir is not None:
-        target = Path(output_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        sources = ", ".join(f"`{f.name}`" for f in folders)
-        write_text_atomic(target / "levels.md", "\n".join([f"# Label-uncertainty levels: {sources}", "", *lines]))
-        print(f"wrote {target / 'levels.md'}")
+        page = write_comparison_page(output_dir, "levels.md", "Label-uncertainty levels:", folders, lines)
+        print(f"wrote {page}")

@@ -14,8 +14,15 @@ import json
 from pathlib import Path
 from statistics import fmean
 
-from custom_losses.atomic import write_text_atomic
-from lesion_study.study.layout import ReportInputError, discover_runs, run_path, settings_file, stage_marker
+from lesion_study.study.layout import (
+    ReportInputError,
+    discover_runs,
+    run_path,
+    settings_file,
+    stage_marker,
+    study_folders,
+    write_comparison_page,
+)
 
 TEST_FIGURES = (("dice_lesion", "test Dice (lesion images)"), ("dice_all", "test Dice (all images)"))
 TEST_FIGURES_3D = (("whole_dice", "held-out Dice (whole)"),)
@@ -128,20 +135,11 @@ def sweep(*output_dirs: str, parameter: str, output_dir: str | None = None) -> N
     table of each evaluated run's value, last and best validation Dice, flattening and test figures, and the
     value with the highest mean last validation Dice. With ``output_dir``, also write ``sweep.md`` and
     ``validation_curves.png`` there."""
-    if not output_dirs:
-        raise ReportInputError("name the study folders to compare, e.g. sweep study/r1 study/r2 --parameter=...")
-    folders = [Path(d).resolve() for d in output_dirs]
-    for folder in folders:
-        if not folder.is_dir():
-            raise ReportInputError(f"study folder {folder} does not exist")
+    folders = study_folders(output_dirs, 1, "sweep study/r1 study/r2 --parameter=...")
     rows = sweep_runs(folders, parameter)
     lines = sweep_lines(rows, parameter)
     print("\n".join(lines))
     if output_dir is not None:
-        target = Path(output_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        sources = ", ".join(f"`{f.name}`" for f in folders)
-        text = "\n".join([f"# Sweep of `{parameter}` over {sources}", "", *lines, ""])
-        write_text_atomic(target / "sweep.md", text)
-        plot_sweep_curves(target, rows, parameter)
-        print(f"wrote {target / 'sweep.md'} and {target / 'validation_curves.png'}")
+        page = write_comparison_page(output_dir, "sweep.md", f"Sweep of `{parameter}` over", folders, lines)
+        plot_sweep_curves(page.parent, rows, parameter)
+        print(f"wrote {page} and {page.parent / 'validation_curves.png'}")
