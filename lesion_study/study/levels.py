@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesion_study.bundlegen.specs import DATASETS as DATASET_SPECS
 from lesion_study.study.layout import (
     ReportInputError,
     discover_runs,
@@ -96,7 +97,11 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     for a, b in zip(levels, levels[1:], strict=False):
         if a[0] == b[0]:
             raise ReportInputError(f"{a[3]} and {b[3]} were both trained at {WIDTH} {a[0]:g}: one folder per level")
-    losses = list(dict.fromkeys(loss for level in levels for loss in level[1]))
+    order = [loss for spec in DATASET_SPECS.values() for loss in spec.losses]  # the datasets' order, reference first
+    losses = sorted(
+        dict.fromkeys(loss for level in levels for loss in level[1]),
+        key=lambda loss: (loss != reference, order.index(loss) if loss in order else len(order), loss),
+    )
     if reference not in losses:
         raise ReportInputError(
             f"the reference loss {reference!r} has no evaluated run in {', '.join(map(str, folders))}"
