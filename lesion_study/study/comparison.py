@@ -479,7 +479,7 @@ EXPECTED_PAIRED = [
 THEORY_LOSSES = {"ce": ("ce_hard", "ce"), "dice": ("dice", "dice"), "batch_dice": ("batch_dice", "batch_dice")}
 
 
-def _interval(estimate: tuple[float, float, float], digits: int = 3) -> str:
+def format_interval(estimate: tuple[float, float, float], digits: int = 3) -> str:
     value, low, high = estimate
     return f"{value:+.{digits}f}" + ("" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
 
@@ -536,8 +536,8 @@ def expected_volume_lines(
             if not values:
                 continue
             cells = [
-                _interval(mean_ci(list(values.values()), seed=seed)),
-                _interval(median_ci(list(values.values()), seed=seed)),
+                format_interval(mean_ci(list(values.values()), seed=seed)),
+                format_interval(median_ci(list(values.values()), seed=seed)),
             ]
             result = paired.get((loss, metric.key))
             if result is None:
@@ -547,7 +547,7 @@ def expected_volume_lines(
                 differences = [values[i] - reference_values[i] for i in images]
                 cells += [
                     format_difference(result),
-                    _interval(median_ci(differences, seed=seed)),
+                    format_interval(median_ci(differences, seed=seed)),
                     format_p(result["p_holm"]),
                 ]
             lines.append(f"| {name} | {source} | {loss} | " + " | ".join(cells) + " |")

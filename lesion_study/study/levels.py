@@ -11,7 +11,6 @@ difference to the reference loss changes (a difference of paired differences ove
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -58,26 +57,15 @@ def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[d
     return next(iter(widths)), csvs, curves
 
 
-def _cell(estimate: tuple[float, float, float], digits: int = 3, bold: bool = False) -> str:
-    value, low, high = estimate
-    text = f"{value:+.{digits}f}" + ("" if math.isnan(low) else f" [{low:+.{digits}f}, {high:+.{digits}f}]")
-    return f"**{text}**" if bold and not math.isnan(low) and (low > 0 or high < 0) else text
-
-
-def _paired(a: dict[str, float], b: dict[str, float], seed: int) -> dict | None:
-    """Mean of a - b over the volumes both hold, with its interval and Wilcoxon p (None without volumes)."""
+def _paired(a: dict[str, float], b: dict[str, float], seed: int, metric) -> dict | None:
+    """Mean of a - b over the volumes both hold, with its interval and Wilcoxon p, as ``comparison.compare``
+    gives it (for ``format_difference``); None without common volumes."""
     from lesion_study.study.statistics import paired_difference
 
     common = sorted(set(a) & set(b))
     if not common:
         return None
-    return paired_difference([a[i] for i in common], [b[i] for i in common], seed=seed)
-
-
-def _estimate(result: dict | None) -> tuple[float, float, float]:
-    if result is None:
-        return math.nan, math.nan, math.nan
-    return result["difference"], result["ci_low"], result["ci_high"]
+    return paired_difference([a[i] for i in common], [b[i] for i in common], seed=seed) | {"metric": metric}
 
 
 def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> list[str]:
@@ -86,6 +74,8 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     from lesion_study.study.comparison import (
         EXPECTED_PAIRED,
         VOLUME_PAIRED,
+        format_difference,
+        format_interval,
         format_p,
         per_image_values,
         read_runs,
@@ -134,20 +124,23 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         name, source = metric.title.split(", ")
         values = [{loss: per_image_values(r[loss], metric) for loss in r} for r in runs]
         to_reference = [
-            {loss: _paired(v[loss], v[reference], seed) if reference in v and loss != reference else None for loss in v}
+            {
+                loss: _paired(v[loss], v[reference], seed, metric) if reference in v and loss != reference else None
+                for loss in v
+            }
             for v in values
         ]
         changes, holm_p = {}, {}
         for k in range(1, len(levels)):
             for loss in losses:
-                own = _paired(values[k].get(loss, {}), values[0].get(loss, {}), seed)
+                own = _paired(values[k].get(loss, {}), values[0].get(loss, {}), seed, metric)
                 relative = None
                 if loss != reference and all(loss in v and reference in v for v in (values[0], values[k])):
                     differences = [
                         {i: v[loss][i] - v[reference][i] for i in set(v[loss]) & set(v[reference])}
                         for v in (values[k], values[0])
                     ]
-                    relative = _paired(differences[0], differences[1], seed)
+                    relative = _paired(differences[0], differences[1], seed, metric)
                 changes[(k, loss)] = (own, relative)
             compared = [loss for loss in losses if changes[(k, loss)][1] is not None]
             for loss, p in zip(compared, holm([changes[(k, loss)][1]["p"] for loss in compared]), strict=True):
@@ -155,14 +148,12 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         for loss in losses:
             cells = []
             for k, v in enumerate(values):
-                cells.append(_cell(mean_ci(list(v[loss].values()), seed=seed)) if v.get(loss) else "-")
-                cells.append(
-                    _cell(_estimate(to_reference[k].get(loss)), bold=True) if to_reference[k].get(loss) else ""
-                )
+                cells.append(format_interval(mean_ci(list(v[loss].values()), seed=seed)) if v.get(loss) else "-")
+                cells.append(format_difference(to_reference[k][loss]) if to_reference[k].get(loss) else "")
             for k in range(1, len(levels)):
                 own, relative = changes[(k, loss)]
-                cells.append(_cell(_estimate(own), bold=True) if own else "-")
-                cells.append(_cell(_estimate(relative), bold=True) if relative else "")
+                cells.append(format_difference(own) if own else "-")
+                cells.append(format_difference(relative) if relative else "")
                 cells.append(format_p(holm_p[(k, loss)]) if (k, loss) in holm_p else "")
             lines.append(f"| {name} | {source} | {loss} | " + " | ".join(cells) + " |")
     lines += [
@@ -187,8 +178,8 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         values = [per_image_values(r[loss], dice) if loss in r else {} for r in runs]
         cells = [f"{100 * np.mean(list(v.values())):.1f}" if v else "-" for v in values]
         for k in range(1, len(levels)):
-            result = _paired(values[k], values[0], seed)
-            cells.append(_cell(tuple(100 * x for x in _estimate(result)), digits=1, bold=True) if result else "-")
+            result = _paired(values[k], values[0], seed, dice)
+            cells.append(format_difference(result) if result else "-")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     lines += ["", "Dice of the whole hippocampus against the held-out label, mean over volumes; change paired.", ""]
     return lines
