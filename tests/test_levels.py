@@ -65,6 +65,16 @@ def test_levels_pairs_the_change_of_the_difference_to_ce_over_volumes(levels_fol
     assert any(line.startswith("| dice | 85.0 | 84.7 | **-0.3") for line in lines)
 
 
+def test_levels_lists_the_losses_in_the_datasets_order_as_the_report_does(tmp_path):
+    w0, w2 = tmp_path / "w0", tmp_path / "w2"
+    for loss in ("dbce", "ce", "batch_dice"):
+        write_run(w2, loss, 2, 0.0)
+    write_run(w0, "ce_dice", 0, 0.0)
+    write_run(w0, "ce", 0, 0.0)
+    table = [line.split("|")[1].strip() for line in level_lines([w0, w2]) if line.endswith(")|") or "(1)" in line]
+    assert table[:4] == ["ce", "batch_dice", "ce_dice", "dbce"]  # hippocampus.yaml's order, not the polyp one
+
+
 def test_levels_refuses_two_folders_of_one_width_and_a_folder_of_mixed_widths(tmp_path):
     write_run(tmp_path / "a", "ce", 2, 0.0)
     write_run(tmp_path / "b", "ce", 2, 0.0)

@@ -207,6 +207,14 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {name: load_dataset_spec(SPECS_DIR / f"{name}.yaml") for name in BUILTIN_DATASETS}
 
 
+def bundle_rank(bundle: str) -> int:
+    """Where a bundle ``<dataset>_<loss>`` comes in its dataset's loss order (CE first; unknown ones last), so
+    that every report and page lists a dataset's losses in the same order."""
+    dataset, _, loss = bundle.partition("_")
+    losses = DATASETS[dataset].losses if dataset in DATASETS else ()
+    return losses.index(loss) if loss in losses else len(losses)
+
+
 def measured_results(spec: DatasetSpec, results_dir: Path = RESULTS_DIR) -> dict:
     """Published results of a dataset's bundles (``<results_dir>/<dataset>.json``, per loss), if any."""
     results_file = results_dir / f"{spec.name}.json"

@@ -30,8 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from lesion_study.bundlegen.specs import DATASETS as DATASET_SPECS
-from lesion_study.bundlegen.specs import SpecError
+from lesion_study.bundlegen.specs import SpecError, bundle_rank
 from lesion_study.command import run_fire
 from lesion_study.paths import REPO  # noqa: F401  (tests and users find the repository here)
 from lesion_study.study import tracking as study_tracking
@@ -249,8 +248,7 @@ def report(output_dir: str, reference: str = "ce") -> None:
 
     out = Path(output_dir).resolve()
     names, seeds, folds = discover_runs(out)
-    order = {f"{name}_{loss}": i for name, spec in DATASET_SPECS.items() for i, loss in enumerate(spec.losses)}
-    names.sort(key=lambda n: (order.get(n, len(order)), n))  # the datasets' loss order, CE first
+    names.sort(key=lambda n: (bundle_rank(n), n))
     if not names:
         raise StudyError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/summary.json)")
     record = read_study_record(out)

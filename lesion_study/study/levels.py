@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_study.bundlegen.specs import DATASETS as DATASET_SPECS
+from lesion_study.bundlegen.specs import bundle_rank
 from lesion_study.study.layout import (
     ReportInputError,
     discover_runs,
@@ -28,8 +28,9 @@ from lesion_study.study.layout import (
 WIDTH = "label_uncertainty_width"
 
 
-def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[dict]]]:
-    """A study folder's label-law width (every run's own), its per-volume CSVs and convergence by loss."""
+def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[dict]], dict[str, int]]:
+    """A study folder's label-law width (every run's own), its per-volume CSVs, convergence and place in the
+    dataset's loss order, by loss."""
     from lesion_study.study.report import convergence, loss_of, per_image_csvs, validation_curve
 
     names, seeds, folds = discover_runs(out)
@@ -38,6 +39,7 @@ def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[d
     widths: dict[float, Path] = {}
     csvs: dict[str, list[Path]] = {}
     curves: dict[str, list[dict]] = {}
+    ranks = {loss_of(name): bundle_rank(name) for name in names}
     for name in names:
         paths = per_image_csvs(out, name, folds, seeds)
         if not paths or paths[0].name != "per_volume.csv":
@@ -54,7 +56,7 @@ def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[d
     if len(widths) > 1:
         listed = ", ".join(f"{w:g} ({p})" for w, p in widths.items())
         raise ReportInputError(f"{out}: its runs were trained at different {WIDTH}s: {listed}")
-    return next(iter(widths)), csvs, curves
+    return next(iter(widths)), csvs, curves, ranks
 
 
 def _paired(a: dict[str, float], b: dict[str, float], seed: int, metric) -> dict | None:
@@ -86,12 +88,9 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     widths = [level[0] for level in levels]
     for a, b in zip(levels, levels[1:], strict=False):
         if a[0] == b[0]:
-            raise ReportInputError(f"{a[3]} and {b[3]} were both trained at {WIDTH} {a[0]:g}: one folder per level")
-    order = [loss for spec in DATASET_SPECS.values() for loss in spec.losses]  # the datasets' order, reference first
-    losses = sorted(
-        dict.fromkeys(loss for level in levels for loss in level[1]),
-        key=lambda loss: (loss != reference, order.index(loss) if loss in order else len(order), loss),
-    )
+            raise ReportInputError(f"{a[4]} and {b[4]} were both trained at {WIDTH} {a[0]:g}: one folder per level")
+    ranks = {loss: rank for level in levels for loss, rank in level[3].items()}
+    losses = sorted(ranks, key=lambda loss: (loss != reference, ranks[loss], loss))
     if reference not in losses:
         raise ReportInputError(
             f"the reference loss {reference!r} has no evaluated run in {', '.join(map(str, folders))}"
