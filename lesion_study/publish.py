@@ -75,9 +75,14 @@ def publish(
     wall_time: str,
     docs_dir: str | None = None,
     bundle_results_dir: str | None = None,
+    bundle_docs: bool = True,
 ) -> Path:
     """Copy the study's report into ``docs/results/<name>/`` with a page ``docs/results/<name>.md``, and
-    write the per-loss headline numbers into ``bundles/results/<dataset>.json``."""
+    write the per-loss headline numbers into ``bundles/results/<dataset>.json``.
+
+    ``bundle_docs=False`` publishes the page only and leaves ``bundles/results/<dataset>.json`` as it is:
+    for a study the bundle docs should not show, e.g. a label-uncertainty level other than the bundles'
+    default (the bundles train on the labels as they are)."""
     study = Path(study_dir).resolve()
     for required in ("results.md", "results.csv"):
         if not (study / required).is_file():
@@ -114,6 +119,9 @@ def publish(
     ]
     page_path = docs / f"{name}.md"
     write_text_atomic(page_path, "\n".join(page))
+    if not bundle_docs:
+        print(f"published {page_path}; bundle results left as they are")
+        return page_path
 
     results_dir = Path(bundle_results_dir) if bundle_results_dir else REPO / "bundles" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)

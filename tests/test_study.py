@@ -692,6 +692,11 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     assert results["dice"]["dice_all"] == "0.700"  # Galdran's test measure
     assert results["ce"]["measured_with"] == "CPU reduced scale; a 2-core CPU; docs/results/polyp_unit.md"
     assert bundle_results(study / "results.csv", "x")["ce"]["runs"] == 1
+    page = publish(
+        str(study), "polyp", "polyp_level2", "another level", "a 2-core CPU", "python y", "1 min",
+        docs_dir=str(tmp_path / "docs"), bundle_results_dir=str(tmp_path / "results"), bundle_docs=False,
+    )  # fmt: skip
+    assert "`python y`" in page.read_text() and json.loads((tmp_path / "results" / "polyp.json").read_text()) == results
 
 
 CLASS_DICE = {"anterior": 0.84, "posterior": 0.82, "whole": 0.86}  # a different Dice per class
