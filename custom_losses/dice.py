@@ -24,6 +24,13 @@ class SoftDiceLoss(_Loss):
     gradient (Bertels et al., MedIA 2021, discuss what smoothing then does to the predicted volume).
     With ``smooth_nr = smooth_dr`` and ``eps`` inactive it equals ``monai.losses.DiceLoss``.
 
+    Soft labels (class probabilities, e.g. the expected label of a known label law): ``2 * sum(p * g)`` is not
+    largest at ``p = g`` when ``g`` is soft, so the usual soft Dice drives the prediction towards hard
+    values. ``soft_label=True`` takes ``sum(p) + sum(g) - sum(|p - g|)`` instead (Wang, Blaschko et al.,
+    "Dice Semimetric Losses: Optimizing the Dice Score with Soft Labels", MICCAI 2023; MONAI's
+    ``DiceLoss(soft_label=True)``): the same value and gradient on hard labels, and a loss of 0 exactly at
+    ``p = g`` on soft ones.
+
     Args:
         batch: sum over the batch before the ratio (batch Dice) instead of per image.
         log_loss: use ``-log(dice)`` instead of ``1 - dice``.
@@ -31,6 +38,7 @@ class SoftDiceLoss(_Loss):
         smooth_dr: added to the denominator.
         eps: lower clamp of the denominator (and of the Dice inside the log).
         include_background: for C channels, whether channel 0 takes part (ignored for 1 channel).
+        soft_label: the Dice semimetric form of the intersection, for soft labels.
     """
 
     def __init__(
@@ -41,6 +49,7 @@ class SoftDiceLoss(_Loss):
         smooth_dr: float = 0.0,
         eps: float = 1e-7,
         include_background: bool = False,
+        soft_label: bool = False,
     ) -> None:
         super().__init__()
         if smooth_nr < 0 or smooth_dr < 0 or eps <= 0:
@@ -51,6 +60,7 @@ class SoftDiceLoss(_Loss):
         self.smooth_dr = smooth_dr
         self.eps = eps
         self.include_background = include_background
+        self.soft_label = soft_label
 
     def dice(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Soft Dice per image and channel ``(B, C')``, or per channel ``(1, C')`` with ``batch=True``."""
@@ -62,8 +72,11 @@ class SoftDiceLoss(_Loss):
         if num_channels > 1 and not self.include_background:
             probs, target = probs[:, 1:], target[:, 1:]
         reduce_dims = list(range(2, input.ndim))
-        intersection = (probs * target).sum(reduce_dims)
         total = probs.sum(reduce_dims) + target.sum(reduce_dims)
+        if self.soft_label:  # |p| + |g| - |p - g| = 2 sum(p g) for g in {0, 1}
+            intersection = (total - (probs - target).abs().sum(reduce_dims)) / 2
+        else:
+            intersection = (probs * target).sum(reduce_dims)
         if self.batch:
             intersection = sum_over_ranks(intersection.sum(0, keepdim=True))
             total = sum_over_ranks(total.sum(0, keepdim=True))

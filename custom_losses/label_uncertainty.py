@@ -33,6 +33,8 @@ differ from the label's volumes (a dilation adds more voxels than the erosion of
 Both the sampler (:class:`RandLabelUncertaintyd`, the bundles' training transform) and the probabilities
 (:func:`class_probabilities`, :class:`ExpectedLabeld` at evaluation) are computed from the same
 :func:`signed_distances` of the label in the grid the transform sees (the bundles' padded 48x64x48 grid).
+With ``label_uncertainty_targets`` ``expected`` the bundles train on the probabilities themselves (soft
+labels, the target of Wang, Blaschko et al.'s Dice semimetric loss) instead of drawn annotations.
 """
 
 from __future__ import annotations
@@ -196,6 +198,19 @@ class ExpectedLabeld(MapTransform):
             # a MetaTensor: Invertd maps it back with the image's transforms (a plain tensor it would skip)
             meta = dict(label.meta) if isinstance(label, MetaTensor) else None
             d[output_key] = MetaTensor(probabilities.to(device), meta=meta)
+        return d
+
+
+class ClassIndicesd(MapTransform):
+    """Labels as class indices ``(1, *spatial)``: a class-probability label (``(C, *spatial)``, C > 1, e.g.
+    :class:`ExpectedLabeld`'s, the training target with ``label_uncertainty_targets`` ``expected``) becomes
+    its argmax; a one-channel label is returned as it is. Before one-hot encoding for the Dice metric."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].shape[0] > 1:
+                d[key] = d[key].argmax(dim=0, keepdim=True).to(d[key].dtype)
         return d
 
 

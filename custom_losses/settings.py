@@ -243,6 +243,7 @@ RULES: dict[str, Rule] = {
     "resume_checkpoint_interval_s": non_negative_number,
     "cudnn_benchmark": boolean,
     "label_uncertainty_width": non_negative_number,  # voxels (custom_losses.label_uncertainty)
+    "label_uncertainty_targets": one_of("sampled", "expected"),  # drawn annotations or their probabilities
     "strict": boolean,
     "threshold": probability_threshold,
     "fold": positive_int,

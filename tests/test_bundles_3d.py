@@ -89,12 +89,13 @@ def test_hippocampus_bundle_end_to_end(loss, hippocampus_data, tmp_path):
         assert math.isfinite(float(scripted(volume).sum()))
 
 
-def training_transforms(width: float) -> list:
+def training_transforms(width: float, targets: str = "sampled") -> list:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES_DIR / "hippocampus_ce" / "configs" / "train.json"))
     parser["label_uncertainty_width"] = width
+    parser["label_uncertainty_targets"] = targets
     return parser.get_parsed_content("train#preprocessing").transforms
 
 
@@ -113,6 +114,38 @@ def test_label_uncertainty_is_in_the_training_pipeline_only_above_width_zero():
     first_random = next(t for t in uncertain if isinstance(t, Randomizable))
     assert isinstance(first_random, RandLabelUncertaintyd) and first_random.width == 1.5
     assert isinstance(uncertain[6], RandAffined)  # before the warp: the law is the cached grid's
+
+
+@pytest.mark.parametrize("bundle", ["hippocampus_dice", "hippocampus_ce_dice"])
+def test_expected_targets_put_the_law_probabilities_in_place_of_the_label_and_the_dice_semimetric(bundle):
+    """``label_uncertainty_targets`` ``expected``: the label becomes the law's class probabilities where
+    a sampled annotation would be drawn, and the Dice terms take their soft-label (semimetric) form."""
+    from monai.bundle import ConfigParser
+
+    from custom_losses import CEDiceLoss
+    from custom_losses.label_uncertainty import ExpectedLabeld, RandLabelUncertaintyd
+
+    plain, expected = training_transforms(1.5), training_transforms(1.5, "expected")
+    assert isinstance(plain[5], RandLabelUncertaintyd) and isinstance(expected[5], ExpectedLabeld)
+    assert expected[5].width == 1.5 and expected[5].output_keys == ["label"]
+    assert [type(t) for t in expected[6:]] == [type(t) for t in plain[6:]]
+    for targets in ("sampled", "expected"):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLES_DIR / bundle / "configs" / "train.json"))
+        parser["label_uncertainty_targets"] = targets
+        loss = parser.get_parsed_content("loss")
+        dice = loss.dice if isinstance(loss, CEDiceLoss) else loss
+        assert dice.soft_label == (targets == "expected"), (bundle, targets)
+
+
+@pytest.mark.slow
+def test_hippocampus_bundle_trains_on_expected_labels(hippocampus_data, tmp_path):
+    """Soft training targets go through the loss, the augmentation and the training Dice (its argmax)."""
+    bundle = Path(shutil.copytree(BUNDLES_DIR / "hippocampus_dice", tmp_path / "hippocampus_dice"))
+    overrides = {**FAST_3D, "epochs": 1, "spatial_size": SPATIAL, "dataset_dir": str(hippocampus_data)}
+    overrides |= {"label_uncertainty_width": 1.5, "label_uncertainty_targets": "expected"}
+    run_workflow(bundle, ["train.json"], **overrides)
+    assert (bundle / "models" / "fold1" / "model.pt").is_file()
 
 
 @pytest.mark.slow

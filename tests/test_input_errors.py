@@ -239,6 +239,12 @@ DOWNSAMPLES_32 = "(the FlexibleUNet downsamples by 2 x 2 x 2 x 2 x 2 = 32)"
         ("threshold", 1, FLEXIBLE_UNET, "threshold must be a number between 0 and 1, got 1"),
         ("label_uncertainty_width", -1, UNET_3D, "label_uncertainty_width must be a number >= 0, got -1"),
         ("label_uncertainty_width", "2", UNET_3D, "label_uncertainty_width must be a number >= 0, got '2'"),
+        (
+            "label_uncertainty_targets",
+            "soft",
+            UNET_3D,
+            "label_uncertainty_targets must be one of sampled, expected, got 'soft'",
+        ),
     ],
 )
 def test_each_bad_setting_is_named_with_its_value(name, value, network, expected):
@@ -336,6 +342,8 @@ def test_every_config_checks_its_settings_first():
         for stem in ("train", "evaluate"):  # the 3D label law's width, used by training and evaluation
             checked = "label_uncertainty_width" in configs[stem]["checked_settings"]
             assert checked == name.startswith("hippocampus"), (name, stem)
+        targets_checked = "label_uncertainty_targets" in configs["train"]["checked_settings"]
+        assert targets_checked == name.startswith("hippocampus"), name
 
 
 TRAIN, EVALUATE = ["train.json"], ["train.json", "evaluate.json"]

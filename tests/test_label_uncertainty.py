@@ -11,6 +11,7 @@ import torch
 from monai.data import MetaTensor
 
 from custom_losses.label_uncertainty import (
+    ClassIndicesd,
     ExpectedLabeld,
     RandLabelUncertaintyd,
     class_probabilities,
@@ -108,6 +109,16 @@ def test_width_zero_returns_the_label_unchanged():
     assert volumes["whole"] == pytest.approx(float((label > 0).sum()) / 1000)
     expected = ExpectedLabeld(keys="label", output_keys="expected_label", width=0)(data)["expected_label"]
     assert expected.shape == (3, *label.shape[1:]) and np.array_equal(expected.numpy(), one_hot)
+
+
+def test_class_indices_of_a_soft_label_are_its_argmax_and_an_index_label_stays():
+    label = two_part_label()
+    one_hot = ExpectedLabeld(keys="label", output_keys="label", width=0)({"label": label})["label"]
+    assert torch.equal(ClassIndicesd(keys="label")({"label": one_hot})["label"], label)
+    soft = ExpectedLabeld(keys="label", output_keys="label", width=2)({"label": label})["label"]
+    indices = ClassIndicesd(keys="label")({"label": soft})["label"]
+    assert indices.shape == label.shape and torch.equal(indices[0], soft.argmax(0).float())
+    assert ClassIndicesd(keys="label")({"label": label})["label"] is label
 
 
 def test_each_use_draws_a_new_annotation_that_keeps_the_label_format():

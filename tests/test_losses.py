@@ -215,6 +215,27 @@ def test_soft_dice_equals_monai_dice_loss(batch, smooth):
     torch.testing.assert_close(ours_fg, monai_fg)
 
 
+@pytest.mark.parametrize("batch", [False, True])
+def test_soft_label_dice_is_the_semimetric_equal_on_hard_labels_and_zero_at_a_soft_target(batch):
+    logits = torch.randn(3, 3, 10, 9, dtype=torch.float64, requires_grad=True)
+    hard = torch.randint(0, 3, (3, 1, 10, 9)).double()
+    plain, semimetric = SoftDiceLoss(batch=batch), SoftDiceLoss(batch=batch, soft_label=True)
+    value = semimetric(logits, hard)
+    torch.testing.assert_close(value, plain(logits, hard))
+    grad = torch.autograd.grad(value, logits)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad(plain(logits, hard), logits)[0])
+    # a soft target: the probabilities of some logits. The semimetric is 0 there and rises when the
+    # prediction is made harder; the usual soft Dice is lower for the harder prediction (Wang et al. 2023)
+    target_logits = torch.randn(3, 3, 10, 9, dtype=torch.float64)
+    soft = torch.softmax(target_logits, dim=1)
+    assert float(semimetric(target_logits, soft)) == pytest.approx(0.0, abs=1e-12)
+    harder = 3 * target_logits
+    assert float(semimetric(harder, soft)) > 1e-3
+    assert float(plain(harder, soft)) < float(plain(target_logits, soft))
+    ref = DiceLoss(softmax=True, soft_label=True, batch=batch, include_background=False, smooth_nr=0, smooth_dr=0)
+    torch.testing.assert_close(semimetric(harder, soft), ref(harder, soft))
+
+
 @pytest.mark.parametrize(
     "name", ["ce", "dice", "batch_dice", "log_dice", "ce_dice", "balanced_ce", "dbce", "dbce_batch"]
 )

@@ -61,8 +61,11 @@ def augmentations_3d() -> list[dict]:
     ]
 
 
-# 3D ids: ``label_uncertainty_width`` (voxels; 0, the default, trains on the labels as they are)
-VOLUME_DEFAULTS = {"label_uncertainty_width": 0}
+# 3D ids: ``label_uncertainty_width`` (voxels; 0, the default, trains on the labels as they are) and
+# ``label_uncertainty_targets``: ``sampled`` (a new annotation per use) or ``expected`` (the law's per-voxel
+# class probabilities as soft labels, with the Dice terms in their semimetric form)
+VOLUME_DEFAULTS = {"label_uncertainty_width": 0, "label_uncertainty_targets": "sampled"}
+SOFT_LABELS = "$@label_uncertainty_targets == 'expected'"
 
 
 def label_uncertainty_3d() -> dict:
@@ -74,9 +77,34 @@ def label_uncertainty_3d() -> dict:
     }
 
 
-# In the 3D training pipeline only when the width is above 0: at 0 the pipeline (and the seeds MONAI gives
-# its random transforms, in their order) is exactly that of the bundles without label uncertainty.
-UNCERTAIN_LABELS = "([@train#label_uncertainty] if @label_uncertainty_width > 0 else [])"
+def expected_labels_3d() -> dict:
+    """The law's per-voxel class probabilities in place of the label: soft training targets. (Where the
+    augmentation's warp brings in voxels from outside the grid they are all zero: no CE target there.)"""
+    return {
+        "_target_": "custom_losses.label_uncertainty.ExpectedLabeld",
+        "keys": "label",
+        "output_keys": "label",
+        "width": "@label_uncertainty_width",
+    }
+
+
+def with_soft_labels(loss_config: dict) -> dict:
+    """A 3D loss config whose Dice terms take the semimetric form when training on expected labels."""
+    target = loss_config["_target_"]
+    if target == "custom_losses.SoftDiceLoss":
+        return loss_config | {"soft_label": SOFT_LABELS}
+    if target == "custom_losses.CEDiceLoss":
+        return loss_config | {"dice": {"_target_": "custom_losses.SoftDiceLoss", "soft_label": SOFT_LABELS}}
+    return loss_config
+
+
+# In the 3D training pipeline only when the width is above 0 (sampled) or the targets are expected: otherwise
+# the pipeline (and the seeds MONAI gives its random transforms, in their order) is exactly that of the
+# bundles without label uncertainty.
+UNCERTAIN_LABELS = (
+    "([@train#expected_labels] if @label_uncertainty_targets == 'expected' "
+    "else [@train#label_uncertainty] if @label_uncertainty_width > 0 else [])"
+)
 
 
 # 8-bit RGB image intensities to [0, 1] (training, evaluation and inference alike)
@@ -222,9 +250,10 @@ def hard_postprocessing(spec: DatasetSpec) -> dict:
     return {"_target_": "Compose", "transforms": kind_of(spec).hard_postprocessing}
 
 
-# softmax, argmax and one-hot of prediction and label
+# softmax, argmax and one-hot of prediction and label (a soft training label: its argmax)
 HARD_POSTPROCESSING_3D = [
     {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    {"_target_": "custom_losses.label_uncertainty.ClassIndicesd", "keys": "label"},
     {
         "_target_": "AsDiscreted",
         "keys": ["pred", "label"],
@@ -311,7 +340,7 @@ def train_config(spec: DatasetSpec, loss_name: str) -> dict:
             **kind_of(spec).volume_defaults,
             **({"alpha_schedule": loss.schedule} if loss.schedule else {}),
             **spec.extra_defaults,
-            "loss": copy.deepcopy(loss.config),
+            "loss": kind_of(spec).loss_config(copy.deepcopy(loss.config)),
             "network": expr(prepared_network(network_with_encoder_weights(spec), spec)),
             "optimizer": {
                 "_target_": "custom_losses.training.make_optimizer",
@@ -465,6 +494,7 @@ TRAINING_SETTINGS = [
     "resume_checkpoint_interval_s",
     "cudnn_benchmark",
     "label_uncertainty_width",
+    "label_uncertainty_targets",
     "fold",
     *COMMON_SETTINGS,
     "output_dir",
@@ -528,6 +558,7 @@ def train_data_pipeline_3d() -> dict:
         "deterministic_transforms": load_transforms_3d(),
         # first of the random part: the law is defined in the cached (padded) grid, before any warp
         "label_uncertainty": label_uncertainty_3d(),
+        "expected_labels": expected_labels_3d(),
         "random_transforms": augmentations_3d(),
         "preprocessing": {
             "_target_": "Compose",
@@ -1035,6 +1066,7 @@ class Images2D(Kind):
     trainer_extras = {"prepare_batch": "@train#augmentation", "decollate": False}
     evaluator_extras = {"decollate": False}
     hard_postprocessing = HARD_POSTPROCESSING_2D
+    loss_config = staticmethod(lambda config: config)
     load_transforms = staticmethod(load_transforms_2d)
     spatial_size_and_network = staticmethod(spatial_size_and_network_2d)
     train_data_pipeline = staticmethod(train_data_pipeline_2d)
@@ -1054,6 +1086,7 @@ class Volumes3D(Kind):
     trainer_extras: dict = {}
     evaluator_extras: dict = {}
     hard_postprocessing = HARD_POSTPROCESSING_3D
+    loss_config = staticmethod(with_soft_labels)
     load_transforms = staticmethod(load_transforms_3d)
     spatial_size_and_network = staticmethod(spatial_size_and_network_3d)
     train_data_pipeline = staticmethod(train_data_pipeline_3d)

@@ -110,6 +110,13 @@ def docs_readme(spec: DatasetSpec, loss_name: str, results_table: str) -> str:
             "`evaluate.json`. A study: `python scripts/run_study.py "
             f"{spec.name} --data_dir=DATA/{spec.name} --label_uncertainty_width=W --output_dir=study/{spec.name}_wW`."
         )
+        overrides.append(
+            "- `label_uncertainty_targets` (default `sampled`): `expected` trains on the law's per-voxel class "
+            "probabilities themselves (soft labels, `ExpectedLabeld` in place of the drawn annotation) and turns "
+            "the Dice terms into the Dice semimetric loss (`SoftDiceLoss(soft_label=True)`, Wang, Blaschko et "
+            "al., MICCAI 2023: equal to soft Dice on hard labels, 0 at a prediction equal to a soft label); CE "
+            "takes the probabilities as its target. Training Dice is measured against their argmax."
+        )
     if loss.schedule:
         overrides.append(
             f"- `alpha_schedule` (default `{loss.schedule}`): `combo`, `linear` or `finetune`, applied by "
