@@ -802,3 +802,8 @@ def test_report_compares_volumes_with_the_expected_volume_of_the_label_law(tmp_p
     page = (tmp_path / "results.md").read_text()
     assert "label law width 0 voxels" in page and "is of width 2.0, not the study's 0: left out" in page
     assert "theory: whole" not in page
+    # nor is it of runs trained on the expected labels
+    settings = {"label_uncertainty_width": 2, "label_uncertainty_targets": "expected"}
+    write_report(tmp_path, names, [1], status={}, settings=settings, dataset="unit", seeds=[0, 1])
+    page = (tmp_path / "results.md").read_text()
+    assert "trained on the law's expected labels" in page and "-0.440 (-18.3%)" not in page

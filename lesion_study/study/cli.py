@@ -227,6 +227,9 @@ def write_law_theory(out: Path, data_dir: Path, folds: list[int], settings: dict
     from lesion_study.study.report import LAW_THEORY_FILE
     from lesion_study.volume_bias import label_law_theory, write_label_law_theory
 
+    if settings.get("label_uncertainty_targets") == "expected":
+        print("theory skipped: the calculation is of training on drawn annotations, not expected labels", flush=True)
+        return
     width = float(settings.get("label_uncertainty_width", 0))
     grid = settings.get("spatial_size") or read_json(bundle / "configs" / "train.json")["spatial_size"]
     path = out / LAW_THEORY_FILE

@@ -878,6 +878,13 @@ def law_lines(out: Path, runs_by_loss: dict[str, dict[str, list[dict]]], referen
     if theory is not None and not math.isclose(float(theory.get("width", math.nan)), float(width)):
         note = [f"({LAW_THEORY_FILE} is of width {theory.get('width')}, not the study's {width}: left out.)", ""]
         theory = None
+    if theory is not None and settings.get("label_uncertainty_targets") == "expected":
+        note = [
+            f"({LAW_THEORY_FILE} is of training on drawn annotations; these runs trained on the law's expected "
+            "labels (`label_uncertainty_targets` expected): left out.)",
+            "",
+        ]
+        theory = None
     return expected_volume_lines(runs_by_loss, reference, float(width), theory) + note
 
 
