@@ -16,7 +16,9 @@ from lesion_study.study.levels import level_lines
 VOLUMES = ("anterior", "posterior", "whole")
 
 
-def write_run(out: Path, loss: str, width: float | None, bias: float, seed: int = 0, rising: bool = False) -> None:
+def write_run(
+    out: Path, loss: str, width: float | None, bias: float, seed: int = 0, rising: bool = False, targets: str = ""
+) -> None:
     """One evaluated hippocampus run whose errors against the expected volume are ``bias`` plus noise."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -24,6 +26,7 @@ def write_run(out: Path, loss: str, width: float | None, bias: float, seed: int 
     (run_dir / "eval" / "fold1").mkdir(parents=True)
     (run_dir / "eval" / "fold1" / "summary.json").write_text(json.dumps({"whole_dice": 0.85}))
     settings = {"epochs": 4, "seed": seed} | ({"label_uncertainty_width": width} if width is not None else {})
+    settings |= {"label_uncertainty_targets": targets} if targets else {}
     (run_dir / "fold1_settings.json").write_text(json.dumps({"settings": settings}))
     volumes = 20
     noise = np.random.default_rng(seed).normal(0, 0.02, size=(volumes, len(VOLUMES), 2))
@@ -73,6 +76,24 @@ def test_levels_lists_the_losses_in_the_datasets_order_as_the_report_does(tmp_pa
     write_run(w0, "ce", 0, 0.0)
     table = [line.split("|")[1].strip() for line in level_lines([w0, w2]) if line.endswith(")|") or "(1)" in line]
     assert table[:4] == ["ce", "batch_dice", "ce_dice", "dbce"]  # hippocampus.yaml's order, not the polyp one
+
+
+def test_expected_labels_are_a_level_of_their_own_after_the_drawn_annotations_of_their_width(levels_folders, tmp_path):
+    w2e = tmp_path / "w2e"
+    write_run(w2e, "ce", 2, 0.0, targets="expected")
+    write_run(w2e, "dice", 2, -0.05, targets="expected")
+    lines = level_lines([w2e, *levels_folders])
+    assert lines[0] == (
+        "| loss | width 0: runs (flattened) | width 2: runs (flattened) | width 2 (expected labels): runs (flattened) |"
+    )
+    head = next(line for line in lines if line.startswith("| volume |"))
+    assert "change 0 to 2 |" in head and "change 0 to 2 (expected labels) |" in head
+    dice_whole = next(line for line in lines if line.startswith("| whole | probabilities | dice |"))
+    cells = [c.strip() for c in dice_whole.strip("|").split("|")]
+    assert abs(float(cells[12].strip("*").split()[0]) + 0.05) < 0.02  # the change from width 0 to expected labels
+    write_run(w2e, "batch_dice", 2, 0.0)  # drawn annotations in the expected-labels folder
+    with pytest.raises(ReportInputError, match=r"w2e: its runs were trained at different .*2 \(expected labels\)"):
+        level_lines([w2e, *levels_folders])
 
 
 def test_levels_refuses_two_folders_of_one_width_and_a_folder_of_mixed_widths(tmp_path):

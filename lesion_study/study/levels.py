@@ -7,6 +7,9 @@ Bertels et al.'s claim is about what label uncertainty does: soft Dice's volumes
 volume when the labels are uncertain, CE's do not. Each study's own report gives the error at its width;
 this page gives, per loss, how the error changes from the lowest width to each other one, and how its
 difference to the reference loss changes (a difference of paired differences over the same volumes).
+A level is a width and the training targets: drawn annotations (``sampled``, the default) or the law's
+expected labels (``--label_uncertainty_targets=expected``, soft labels), e.g. ``study/hippocampus_w2e``
+beside the two above; levels are ordered by width, drawn annotations first.
 """
 
 from __future__ import annotations
@@ -26,17 +29,24 @@ from lesion_study.study.layout import (
 )
 
 WIDTH = "label_uncertainty_width"
+TARGETS = "label_uncertainty_targets"  # sampled (drawn annotations, the default) or expected (soft labels)
 
 
-def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[dict]], dict[str, int]]:
-    """A study folder's label-law width (every run's own), its per-volume CSVs, convergence and place in the
-    dataset's loss order, by loss."""
+def level_name(level: tuple[float, str]) -> str:
+    """``2`` for width 2 on drawn annotations, ``2 (expected labels)`` for its soft labels."""
+    width, targets = level
+    return f"{width:g}" + ("" if targets == "sampled" else f" ({targets} labels)")
+
+
+def _level_of(out: Path) -> tuple[tuple[float, str], dict[str, list[Path]], dict[str, list[dict]], dict[str, int]]:
+    """A study folder's level (every run's own label-law width and targets), its per-volume CSVs,
+    convergence and place in the dataset's loss order, by loss."""
     from lesion_study.study.report import convergence, loss_of, per_image_csvs, validation_curve
 
     names, seeds, folds = discover_runs(out)
     if not names:
         raise ReportInputError(f"{out / 'runs'} holds no evaluated run (runs/<bundle>/seed<s>/eval/fold<k>/)")
-    widths: dict[float, Path] = {}
+    found: dict[tuple[float, str], Path] = {}
     csvs: dict[str, list[Path]] = {}
     curves: dict[str, list[dict]] = {}
     ranks = {loss_of(name): bundle_rank(name) for name in names}
@@ -49,14 +59,15 @@ def _level_of(out: Path) -> tuple[float, dict[str, list[Path]], dict[str, list[d
             settings = read_settings(run_dir, fold)
             if settings is None:
                 raise ReportInputError(f"{settings_file(run_dir, fold)} does not exist: the run's {WIDTH} is unknown")
-            widths.setdefault(float(settings.get(WIDTH, 0)), settings_file(run_dir, fold))
+            level = (float(settings.get(WIDTH, 0)), settings.get(TARGETS, "sampled"))
+            found.setdefault(level, settings_file(run_dir, fold))
             curve = validation_curve(run_dir, fold)
             curves.setdefault(loss_of(name), []).append(convergence(curve) if curve else {})
         csvs[loss_of(name)] = paths
-    if len(widths) > 1:
-        listed = ", ".join(f"{w:g} ({p})" for w, p in widths.items())
-        raise ReportInputError(f"{out}: its runs were trained at different {WIDTH}s: {listed}")
-    return next(iter(widths)), csvs, curves, ranks
+    if len(found) > 1:
+        listed = ", ".join(f"{level_name(level)} ({p})" for level, p in found.items())
+        raise ReportInputError(f"{out}: its runs were trained at different {WIDTH}s or targets: {listed}")
+    return next(iter(found)), csvs, curves, ranks
 
 
 def _paired(a: dict[str, float], b: dict[str, float], seed: int, metric) -> dict | None:
@@ -84,11 +95,13 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     )
     from lesion_study.study.statistics import holm, mean_ci
 
-    levels = sorted((_level_of(f) + (f,) for f in folders), key=lambda level: level[0])
-    widths = [level[0] for level in levels]
+    levels = sorted((_level_of(f) + (f,) for f in folders), key=lambda level: (level[0][0], level[0][1] != "sampled"))
+    names = [level_name(level[0]) for level in levels]
     for a, b in zip(levels, levels[1:], strict=False):
         if a[0] == b[0]:
-            raise ReportInputError(f"{a[4]} and {b[4]} were both trained at {WIDTH} {a[0]:g}: one folder per level")
+            raise ReportInputError(
+                f"{a[4]} and {b[4]} were both trained at {WIDTH} {level_name(a[0])}: one folder per level"
+            )
     ranks = {loss: rank for level in levels for loss, rank in level[3].items()}
     losses = sorted(ranks, key=lambda loss: (loss != reference, ranks[loss], loss))
     if reference not in losses:
@@ -96,11 +109,11 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
             f"the reference loss {reference!r} has no evaluated run in {', '.join(map(str, folders))}"
         )
     runs = [{loss: read_runs(paths) for loss, paths in level[1].items()} for level in levels]
-    base, others = widths[0], widths[1:]
+    base, others = names[0], names[1:]
 
     lines = [
-        "| loss | " + " | ".join(f"width {w:g}: runs (flattened)" for w in widths) + " |",
-        "|---|" + "---|" * len(widths),
+        "| loss | " + " | ".join(f"width {w}: runs (flattened)" for w in names) + " |",
+        "|---|" + "---|" * len(names),
     ]
     for loss in losses:
         cells = []
@@ -113,12 +126,12 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         "Flattened: the report's rule (the best validation Dice rose by less than 0.01 over the last fifth of",
         "the epochs); each level's own report lists every run's curve.",
         "",
-        f"### Error against the expected volume (ml), by width, and its change from width {base:g}",
+        f"### Error against the expected volume (ml), by width, and its change from width {base}",
         "",
     ]
-    head = "| volume | from | loss |" + "".join(f" width {w:g} | - {reference} |" for w in widths)
-    head += "".join(f" change {base:g} to {w:g} | change of the difference to {reference} | Holm p |" for w in others)
-    lines += [head, "|---" * (3 + 2 * len(widths) + 3 * len(others)) + "|"]
+    head = "| volume | from | loss |" + "".join(f" width {w} | - {reference} |" for w in names)
+    head += "".join(f" change {base} to {w} | change of the difference to {reference} | Holm p |" for w in others)
+    lines += [head, "|---" * (3 + 2 * len(names) + 3 * len(others)) + "|"]
     for metric in EXPECTED_PAIRED:
         name, source = metric.title.split(", ")
         values = [{loss: per_image_values(r[loss], metric) for loss in r} for r in runs]
@@ -160,17 +173,15 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         "Error: predicted minus expected volume under the law the runs were trained with (at width 0, the",
         "label's volume), per held-out volume averaged over a loss's runs; mean with a 95% BCa bootstrap",
         f"interval over volumes. - {reference}: the paired mean difference to {reference} at that width. Change:",
-        f"the width's error minus width {base:g}'s, paired over the volumes both evaluated; change of the",
-        f"difference to {reference}: (loss - {reference}) at that width minus (loss - {reference}) at width {base:g},",
+        f"the width's error minus width {base}'s, paired over the volumes both evaluated; change of the",
+        f"difference to {reference}: (loss - {reference}) at that width minus (loss - {reference}) at width {base},",
         "paired over the volumes of all four. Holm p: Wilcoxon signed-rank test of that change, Holm's",
         f"correction over the losses compared with {reference}, per row group. Bold: the interval excludes 0.",
         "",
         "### Dice (points) by width",
         "",
-        "| loss |"
-        + "".join(f" width {w:g} |" for w in widths)
-        + "".join(f" change {base:g} to {w:g} |" for w in others),
-        "|---|" + "---|" * (len(widths) + len(others)),
+        "| loss |" + "".join(f" width {w} |" for w in names) + "".join(f" change {base} to {w} |" for w in others),
+        "|---|" + "---|" * (len(names) + len(others)),
     ]
     dice = next(m for m in VOLUME_PAIRED if m.key == "whole_dice")
     for loss in losses:
@@ -185,7 +196,8 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
 
 
 def levels(*output_dirs: str, reference: str = "ce", output_dir: str | None = None) -> None:
-    """Compare study folders of one volume dataset trained at different label-uncertainty widths: print, per
+    """Compare study folders of one volume dataset trained at different label-uncertainty widths (or on the
+    expected labels of a width): print, per
     loss, the error against the expected volume at each width and its change from the lowest width (and
     that of its difference to ``reference``), with intervals. With ``output_dir``, also write ``levels.md``."""
     folders = study_folders(output_dirs, 2, "levels study/w0 study/w2")
