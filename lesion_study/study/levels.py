@@ -15,6 +15,7 @@ beside the two above; levels are ordered by width, drawn annotations first.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,9 +39,18 @@ def level_name(level: tuple[float, str]) -> str:
     return f"{width:g}" + ("" if targets == "sampled" else f" ({targets} labels)")
 
 
-def _level_of(out: Path) -> tuple[tuple[float, str], dict[str, list[Path]], dict[str, list[dict]], dict[str, int]]:
-    """A study folder's level (every run's own label-law width and targets), its per-volume CSVs,
-    convergence and place in the dataset's loss order, by loss."""
+class Level(NamedTuple):
+    """One study folder: its level (every run's own label-law width and targets) and, by loss, its
+    per-volume CSVs, convergence and place in the dataset's loss order."""
+
+    key: tuple[float, str]
+    csvs: dict[str, list[Path]]
+    curves: dict[str, list[dict]]
+    ranks: dict[str, int]
+    folder: Path
+
+
+def _level_of(out: Path) -> Level:
     from lesion_study.study.report import convergence, loss_of, per_image_csvs, validation_curve
 
     names, seeds, folds = discover_runs(out)
@@ -67,7 +77,7 @@ def _level_of(out: Path) -> tuple[tuple[float, str], dict[str, list[Path]], dict
     if len(found) > 1:
         listed = ", ".join(f"{level_name(level)} ({p})" for level, p in found.items())
         raise ReportInputError(f"{out}: its runs were trained at different {WIDTH}s or targets: {listed}")
-    return next(iter(found)), csvs, curves, ranks
+    return Level(next(iter(found)), csvs, curves, ranks, out)
 
 
 def _paired(a: dict[str, float], b: dict[str, float], seed: int, metric) -> dict | None:
@@ -95,20 +105,20 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     )
     from lesion_study.study.statistics import holm, mean_ci
 
-    levels = sorted((_level_of(f) + (f,) for f in folders), key=lambda level: (level[0][0], level[0][1] != "sampled"))
-    names = [level_name(level[0]) for level in levels]
+    levels = sorted(map(_level_of, folders), key=lambda level: (level.key[0], level.key[1] != "sampled"))
+    names = [level_name(level.key) for level in levels]
     for a, b in zip(levels, levels[1:], strict=False):
-        if a[0] == b[0]:
+        if a.key == b.key:
             raise ReportInputError(
-                f"{a[4]} and {b[4]} were both trained at {WIDTH} {level_name(a[0])}: one folder per level"
+                f"{a.folder} and {b.folder} were both trained at {WIDTH} {level_name(a.key)}: one folder per level"
             )
-    ranks = {loss: rank for level in levels for loss, rank in level[3].items()}
+    ranks = {loss: rank for level in levels for loss, rank in level.ranks.items()}
     losses = sorted(ranks, key=lambda loss: (loss != reference, ranks[loss], loss))
     if reference not in losses:
         raise ReportInputError(
             f"the reference loss {reference!r} has no evaluated run in {', '.join(map(str, folders))}"
         )
-    runs = [{loss: read_runs(paths) for loss, paths in level[1].items()} for level in levels]
+    runs = [{loss: read_runs(paths) for loss, paths in level.csvs.items()} for level in levels]
     base, others = names[0], names[1:]
 
     lines = [
@@ -118,7 +128,7 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
     for loss in losses:
         cells = []
         for level in levels:
-            results = level[2].get(loss, [])
+            results = level.curves.get(loss, [])
             cells.append(f"{len(results)} ({sum(bool(r.get('flattened')) for r in results)})" if results else "-")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     lines += [
@@ -197,9 +207,9 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
 
 def levels(*output_dirs: str, reference: str = "ce", output_dir: str | None = None) -> None:
     """Compare study folders of one volume dataset trained at different label-uncertainty widths (or on the
-    expected labels of a width): print, per
-    loss, the error against the expected volume at each width and its change from the lowest width (and
-    that of its difference to ``reference``), with intervals. With ``output_dir``, also write ``levels.md``."""
+    expected labels of a width): print, per loss, the error against the expected volume at each width and
+    its change from the lowest width (and that of its difference to ``reference``), with intervals. With
+    ``output_dir``, also write ``levels.md``."""
     folders = study_folders(output_dirs, 2, "levels study/w0 study/w2")
     lines = level_lines(folders, reference)
     print("\n".join(lines))
