@@ -116,3 +116,15 @@ def test_levels_command_writes_its_page_and_names_what_is_missing(levels_folders
     assert capsys.readouterr().err.strip() == "error: name 2 or more study folders, e.g. levels study/w0 study/w2"
     assert run_study.main(["levels", *map(str, levels_folders), "--reference=batch_dice"]) == 1
     assert "the reference loss 'batch_dice' has no evaluated run" in capsys.readouterr().err
+
+
+def test_levels_lists_each_runs_whole_volume_error_so_a_bias_can_be_checked_seed_by_seed(levels_folders):
+    lines = level_lines(levels_folders)
+    start = lines.index("### Each run's whole-volume error against the expected volume (ml)")
+    dice = next(line for line in lines[start:] if line.startswith("| probabilities | dice |"))
+    width0, width2 = [cell.strip() for cell in dice.strip("|").split("|")][2:]
+    assert width0.endswith("(seed 0)") and abs(float(width0.split()[0])) < 0.02
+    runs = width2.split(", ")  # both width-2 runs, each near its own -0.3
+    assert [run.split()[1:] for run in runs] == [["(seed", "0)"], ["(seed", "1)"]]
+    assert all(abs(float(run.split()[0]) + 0.3) < 0.02 for run in runs)
+    assert next(line for line in lines[start:] if line.startswith("| mask | ce |"))

@@ -91,9 +91,48 @@ def _paired(a: dict[str, float], b: dict[str, float], seed: int, metric) -> dict
     return paired_difference([a[i] for i in common], [b[i] for i in common], seed=seed) | {"metric": metric}
 
 
+def _run_label(path: Path, many_folds: bool) -> str:
+    """``seed 1`` for ``runs/<bundle>/seed1/eval/fold1/per_volume.csv`` (``seed 1 fold 1`` among several folds)."""
+    run, fold = path.parents[2].name.removeprefix("seed"), path.parent.name.removeprefix("fold")
+    return f"seed {run}" + (f" fold {fold}" if many_folds else "")
+
+
+def _run_lines(levels: list[Level], names: list[str], losses: list[str]) -> list[str]:
+    """Each run's mean whole-volume error per level: whether a loss's bias holds in every run, i.e. how far
+    training noise (which the intervals over volumes do not describe) moves it."""
+    from lesion_study.study.comparison import EXPECTED_PAIRED, per_image_values, read_runs
+
+    paths = [path for level in levels for loss_paths in level.csvs.values() for path in loss_paths]
+    many_folds = len({path.parent.name for path in paths}) > 1
+    lines = [
+        "### Each run's whole-volume error against the expected volume (ml)",
+        "",
+        "| from | loss |" + "".join(f" width {w} |" for w in names),
+        "|---|---|" + "---|" * len(names),
+    ]
+    for metric in (m for m in EXPECTED_PAIRED if m.title.startswith("whole, ")):
+        for loss in losses:
+            cells = []
+            for level in levels:
+                runs = []
+                for path in level.csvs.get(loss, []):
+                    values = list(per_image_values(read_runs([path]), metric).values())
+                    runs.append(f"{np.mean(values):+.3f} ({_run_label(path, many_folds)})" if values else "-")
+                cells.append(", ".join(runs) if runs else "-")
+            lines.append(f"| {metric.title.split(', ')[1]} | {loss} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Each run's mean error over the held-out volumes. The intervals above are over volumes, with each",
+        "volume's error averaged over a loss's runs first; the spread between runs here is the training noise",
+        "(seeds) they do not describe.",
+        "",
+    ]
+    return lines
+
+
 def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> list[str]:
     """The page: runs and flattening per level, the error against the expected volume per level with its
-    change from the lowest width, and Dice per level."""
+    change from the lowest width, each run's whole-volume error, and Dice per level."""
     from lesion_study.study.comparison import (
         EXPECTED_PAIRED,
         VOLUME_PAIRED,
@@ -188,6 +227,7 @@ def level_lines(folders: list[Path], reference: str = "ce", seed: int = 0) -> li
         "paired over the volumes of all four. Holm p: Wilcoxon signed-rank test of that change, Holm's",
         f"correction over the losses compared with {reference}, per row group. Bold: the interval excludes 0.",
         "",
+        *_run_lines(levels, names, losses),
         "### Dice (points) by width",
         "",
         "| loss |" + "".join(f" width {w} |" for w in names) + "".join(f" change {base} to {w} |" for w in others),
