@@ -6,6 +6,7 @@
     python scripts/run_study.py report --output_dir=study/polyp        # rebuild the report only
     python scripts/run_study.py sweep study/r1 study/r2 --parameter=dbce_radius   # one setting across studies
     python scripts/run_study.py levels study/w0 study/w2       # volume bias across label-uncertainty widths
+    python scripts/run_study.py keep study/polyp records/polyp  # the finished runs without weights (to commit)
     python scripts/run_study.py polyp --data_dir=DATA/polyp --gpus=[0,1,2,3] --tracking=mlflow  # scale out:
     python scripts/run_study.py polyp --data_dir=DATA/polyp --launcher=slurm --slurm_partition=gpu  # docs/scale_out.md
 
@@ -34,6 +35,7 @@ from lesion_study.bundlegen.specs import SpecError, bundle_rank
 from lesion_study.command import run_fire
 from lesion_study.paths import REPO  # noqa: F401  (tests and users find the repository here)
 from lesion_study.study import tracking as study_tracking
+from lesion_study.study.keep import keep
 from lesion_study.study.launch import (
     LaunchError,
     RunStatus,
@@ -162,6 +164,7 @@ def study(
     runs = f"{len(plan.names)} bundle(s) x {len(plan.seeds)} seed(s) x {len(plan.folds)} fold(s)"
     print(f"study {dataset}: {runs} -> {out}", flush=True)
     jobs, status = planned_jobs(plan)
+    ensembles = ensemble_jobs(plan) if plan.ensemble else []  # refused before any training, where it cannot run
     slurm = SlurmOptions(slurm_partition, slurm_time_min, slurm_gpus_per_job, slurm_cpus_per_job, slurm_mem_gb)
     launched = launch_jobs(jobs, launcher, plan.parallel, plan.gpus, slurm, out / "slurm", wait, started)
     if launched is None:
@@ -169,10 +172,9 @@ def study(
         print(f"not waiting: build the report when the jobs have ended: {report_command}", flush=True)
         return 0
     status.update(launched)
-    if plan.ensemble:
-        for job in ensemble_jobs(plan):
-            code, error_line = run_child(job, started, 0)
-            status[job.key] = outcome(code, error_line)
+    for job in ensembles:
+        code, error_line = run_child(job, started, 0)
+        status[job.key] = outcome(code, error_line)
     return finish(plan, status, started, reference)
 
 
@@ -274,6 +276,7 @@ SUBCOMMANDS = {
     "report": report,
     "sweep": sweep,
     "levels": levels,
+    "keep": keep,
 }  # the first argument; else a dataset
 
 

@@ -5,6 +5,7 @@ without matplotlib or SciPy).
     STUDY/runs/<bundle>/seed<s>/fold<k>.log            a run's console output
     STUDY/runs/<bundle>/seed<s>/fold<k>_settings.json  the bundle overrides it was trained with
     STUDY/runs/<bundle>/seed<s>/models/fold<k>/        checkpoints; model_final.pt says training is done
+                                                       (or weights_not_kept.json in a kept record: ``keep``)
     STUDY/runs/<bundle>/seed<s>/eval/fold<k>/          summary.json (evaluation done) and the per-image CSV
     STUDY/runs/<bundle>/seed<s>/eval/ensemble/         the fold ensemble's evaluation
 """
@@ -67,7 +68,17 @@ def stage_marker(run_dir: Path, fold: int | str, stage: str) -> Path:
     raise ValueError(stage)
 
 
+# in models/fold<k>/ of a study's kept record (``keep``): trained and evaluated, the checkpoints left behind
+WEIGHTS_NOT_KEPT = "weights_not_kept.json"
+
+
+def weights_not_kept(run_dir: Path, fold: int | str) -> bool:
+    return (Path(run_dir) / "models" / f"fold{fold}" / WEIGHTS_NOT_KEPT).is_file()
+
+
 def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
+    if stage == "train" and weights_not_kept(run_dir, fold):
+        return True
     return stage_marker(run_dir, fold, stage).is_file()
 
 

@@ -20,7 +20,14 @@ from lesion_study.bundlegen.specs import DatasetSpec, load_dataset_spec
 from lesion_study.paths import BUNDLES_DIR, REPO
 from lesion_study.study import tracking as study_tracking
 from lesion_study.study.launch import Job, RunState, RunStatus, check_cuda, check_launch
-from lesion_study.study.layout import read_settings, read_study_record, run_path, stage_done
+from lesion_study.study.layout import (
+    WEIGHTS_NOT_KEPT,
+    read_settings,
+    read_study_record,
+    run_path,
+    stage_done,
+    weights_not_kept,
+)
 
 
 class StudyError(ValueError):
@@ -415,7 +422,9 @@ def planned_jobs(plan: Plan) -> tuple[list[Job], dict[str, RunStatus]]:
         run_dir = run_path(plan.out, name, seed)
         key = f"{name}/seed{seed}/fold{fold}"
         label = f"[{index + 1}/{len(combinations)}] {name} seed {seed} fold {fold}"
-        stages = ["train", "evaluate"] + (["examples"] if plan.examples_dir else [])
+        # a kept record's run has no weights to predict the examples with
+        examples = plan.examples_dir and not weights_not_kept(run_dir, fold)
+        stages = ["train", "evaluate"] + (["examples"] if examples else [])
         seeded = {**plan.settings, "seed": seed}
         recorded = read_settings(run_dir, fold)
         was, now = settings_difference(recorded or {}, seeded) if recorded else ("", "")
@@ -448,13 +457,22 @@ def planned_jobs(plan: Plan) -> tuple[list[Job], dict[str, RunStatus]]:
 
 
 def ensemble_jobs(plan: Plan) -> list[Job]:
-    """Each seed's fold-ensemble evaluation not done yet (the mean probability of the fold models)."""
+    """Each seed's fold-ensemble evaluation not done yet (the mean probability of the fold models); refused
+    where a fold's weights were not kept (a study restored from its kept record)."""
     jobs = []
     for name in plan.names:
         for seed in plan.seeds:
             run_dir = run_path(plan.out, name, seed)
             if stage_done(run_dir, "ensemble", "evaluate"):
                 continue
+            lost = [fold for fold in plan.folds if weights_not_kept(run_dir, fold)]
+            if lost:
+                note = run_dir / "models" / f"fold{lost[0]}" / WEIGHTS_NOT_KEPT
+                raise StudyError(
+                    f"the fold ensemble of {name} seed {seed} needs every fold's model, and the weights of fold(s) "
+                    f"{lost} were not kept ({note}): delete those runs' folders to train them again, or leave out "
+                    "--ensemble"
+                )
             command = plan.child_command(name, seed, 0, "--ensemble_folds", json.dumps(plan.folds))
             jobs.append(
                 Job(f"{name}/seed{seed}/ensemble", f"{name} seed {seed} ensemble", command, run_dir / "ensemble.log")

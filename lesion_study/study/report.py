@@ -7,6 +7,7 @@ reference loss image by image.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import statistics
@@ -44,7 +45,7 @@ from lesion_study.study.comparison import (  # noqa: E402
     read_runs,
     sentences,
 )
-from lesion_study.study.layout import read_settings, run_path  # noqa: E402
+from lesion_study.study.layout import ReportInputError, read_settings, run_path  # noqa: E402
 from lesion_study.study.statistics import mean_ci  # noqa: E402
 
 # (summary key, column title, what is best: "max", "min", "zero" = closest to 0, "ideal" = closest to the ideal share)
@@ -370,11 +371,17 @@ FLAT_TOLERANCE = 0.01
 FLAT_TAIL = 0.2
 
 
+CURVE_FILE = "validation.csv"  # in logs/fold<k>/ of a kept record (``keep``): epoch, val_mean_dice
+
+
 def validation_curve(run_dir: Path, fold: int) -> list[tuple[int, float]]:
-    """Validation Dice per epoch from a run's TensorBoard log (a resumed run's repeated epochs: the last)."""
+    """Validation Dice per epoch from a run's TensorBoard log (a resumed run's repeated epochs: the last),
+    or from the ``validation.csv`` of a kept record, which has no TensorBoard log."""
     log_dir = run_dir / "logs" / f"fold{fold}"
     if not log_dir.is_dir():
         return []
+    if not any(log_dir.glob("events.out.tfevents.*")):
+        return read_curve(log_dir / CURVE_FILE) if (log_dir / CURVE_FILE).is_file() else []
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
@@ -385,6 +392,18 @@ def validation_curve(run_dir: Path, fold: int) -> list[tuple[int, float]]:
     for event in sorted(events.Scalars(VALIDATION_TAG), key=lambda e: e.wall_time):
         by_epoch[int(event.step)] = float(event.value)
     return sorted(by_epoch.items())
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    try:
+        with open(path, newline="") as handle:
+            return [(int(row["epoch"]), float(row[VALIDATION_TAG])) for row in csv.DictReader(handle)]
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+        raise ReportInputError(f"{path}: not a validation curve (columns epoch, {VALIDATION_TAG}): {error!r}") from None
+
+
+def write_curve(path: Path, curve: list[tuple[int, float]]) -> None:
+    write_csv_atomic(path, [{"epoch": e, VALIDATION_TAG: repr(v)} for e, v in curve], ["epoch", VALIDATION_TAG])
 
 
 def convergence(curve: list[tuple[int, float]]) -> dict:
