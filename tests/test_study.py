@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from custom_losses.precision import resolve_precision
 from lesion_study.study import cli as run_study
 from lesion_study.study.layout import run_path
 from lesion_study.study.report import convergence, convergence_verdict, validation_curve, write_report
@@ -206,6 +207,8 @@ def test_report_states_each_runs_own_settings(tiny_demo_data, tmp_path, capsys):
     assert "**The runs differ in their settings** (each run its own):" in page
     assert "| epochs | 1 | ce seed 0 fold 1 |" in page and "| epochs | 2 | dice seed 0 fold 1 |" in page
     assert "`epochs=" not in page.split("Same in every run: ")[1].splitlines()[0]
+    # what precision auto meant on the machine that trained each run
+    assert f"`computed_in={resolve_precision('auto', 'cpu')}`" in page.split("Same in every run: ")[1].splitlines()[0]
     skipped = "polyp_ce seed 0 fold 1: finished earlier with epochs=1 (this command: epochs=2), skipped"
     assert skipped in capsys.readouterr().out
     run_study.report(str(out))

@@ -856,13 +856,16 @@ def settings_lines(out: Path, names: list[str], folds: list[int], seeds: list[in
         for seed in seeds:
             for fold in folds:
                 run_dir = run_path(out, name, seed)
-                if not (run_dir / "eval" / f"fold{fold}" / "summary.json").is_file():
+                summary = _read_json(run_dir / "eval" / f"fold{fold}" / "summary.json")
+                if summary is None:
                     continue
                 settings = read_settings(run_dir, fold)
                 label = f"{loss_of(name)} seed {seed} fold {fold}"
                 if settings is None:
                     unrecorded.append(label)
                 recorded[label] = {k: v for k, v in (command if settings is None else settings).items() if k != "seed"}
+                if "precision" in summary:  # what the run's precision (auto) meant on the machine that evaluated it
+                    recorded[label]["computed_in"] = summary["precision"]
     if not recorded:
         return ["Settings: " + _listed(command), ""] if command else []
     keys = sorted({k for s in recorded.values() for k in s})
