@@ -37,8 +37,6 @@ KEPT_RECORD = "kept.json"  # at the top of a kept record: the study it came from
 def keep(output_dir: str, record_dir: str) -> Path:
     """Write the weight-free record of study ``output_dir``'s finished runs to ``record_dir`` (replaced
     whole, once complete; a folder that is not a kept record is refused). Unfinished runs are listed."""
-    from lesion_study.study.report import LAW_THEORY_FILE, validation_curve, write_curve
-
     out, record = Path(output_dir).resolve(), Path(record_dir).resolve()
     if not (out / "runs").is_dir():
         raise ReportInputError(f"{out} is not a study folder: it has no runs/")
@@ -48,6 +46,27 @@ def keep(output_dir: str, record_dir: str) -> Path:
         raise ReportInputError(f"{record} is not empty and not a kept study record (no {KEPT_RECORD}): choose another")
     partial = record.with_name(record.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        kept, left = _write_record(out, partial)
+    except BaseException:  # nothing half-written is left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    old = record.with_name(record.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if record.exists():
+        record.rename(old)
+    partial.rename(record)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"kept {len(kept)} run(s) in {record}", flush=True)
+    for line in left:
+        print(f"not kept: {line}", flush=True)
+    return record
+
+
+def _write_record(out: Path, partial: Path) -> tuple[list[str], list[str]]:
+    """The record of ``out``'s finished runs written into ``partial``: the runs kept, and those left out."""
+    from lesion_study.study.report import CURVE_FILE, LAW_THEORY_FILE, validation_curve, write_curve
+
     kept, left = [], []
     for run_dir in sorted((out / "runs").glob("*/seed*")):
         target = partial / run_dir.relative_to(out)
@@ -69,7 +88,7 @@ def keep(output_dir: str, record_dir: str) -> Path:
             curve = validation_curve(run_dir, int(fold))
             if curve:
                 (target / "logs" / f"fold{fold}").mkdir(parents=True)
-                write_curve(target / "logs" / f"fold{fold}" / "validation.csv", curve)
+                write_curve(target / "logs" / f"fold{fold}" / CURVE_FILE, curve)
             models = target / "models" / f"fold{fold}"
             models.mkdir(parents=True)
             if weights_not_kept(run_dir, fold):  # kept before: its note stays as first written
@@ -83,22 +102,12 @@ def keep(output_dir: str, record_dir: str) -> Path:
                 (models / WEIGHTS_NOT_KEPT).write_text(json.dumps(note, indent=4) + "\n")
         left += [f"{p.parents[2].name}/{p.parents[1].name}/{p.name} (not evaluated)" for p in _unevaluated(run_dir)]
     if not kept:
-        shutil.rmtree(partial, ignore_errors=True)
         raise ReportInputError(f"{out / 'runs'} holds no finished run (trained and evaluated) to keep")
     for name in (STUDY_RECORD, LAW_THEORY_FILE):
         if (out / name).is_file():
             shutil.copy2(out / name, partial / name)
     (partial / KEPT_RECORD).write_text(json.dumps({"study": str(out), "runs": kept}, indent=4) + "\n")
-    old = record.with_name(record.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if record.exists():
-        record.rename(old)
-    partial.rename(record)
-    shutil.rmtree(old, ignore_errors=True)
-    print(f"kept {len(kept)} run(s) in {record}", flush=True)
-    for line in left:
-        print(f"not kept: {line}", flush=True)
-    return record
+    return kept, left
 
 
 def _unevaluated(run_dir: Path) -> list[Path]:
