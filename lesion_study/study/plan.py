@@ -470,8 +470,8 @@ def ensemble_jobs(plan: Plan) -> list[Job]:
                 note = run_dir / "models" / f"fold{lost[0]}" / WEIGHTS_NOT_KEPT
                 raise StudyError(
                     f"the fold ensemble of {name} seed {seed} needs every fold's model, and the weights of fold(s) "
-                    f"{lost} were not kept ({note}): delete those runs' folders to train them again, or leave out "
-                    "--ensemble"
+                    f"{lost} were not kept ({note}): delete that file of each such fold to train it again, or leave "
+                    "out --ensemble"
                 )
             command = plan.child_command(name, seed, 0, "--ensemble_folds", json.dumps(plan.folds))
             jobs.append(
