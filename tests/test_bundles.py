@@ -168,7 +168,9 @@ def test_train_evaluate_infer_export(name, dataset_dir, raw_images, tmp_path):
         config_file=str(bundle / "configs" / "inference.json"),
     )
     scripted, meta, _ = load_net_with_metadata(str(bundle / "models" / "model.ts"))
-    network = train.parser.get_parsed_content("network_def", instantiate=True)
+    # a fresh network_def: the parsed one runs in the bundle's precision (bf16 on a CPU with AVX512-BF16),
+    # the export in float32
+    network = train.parser.get_parsed_content("network_def", instantiate=True, lazy=False)
     state = torch.load(fold_dir / "model.pt", weights_only=True)
     network.load_state_dict(state.get("model", state))
     network.eval()

@@ -543,12 +543,14 @@ def test_imagenet_normalisation_is_the_same_in_every_config(recipe_run, dataset_
     on inputs normalised by hand, and not the output on unnormalised inputs."""
     final = torch.load(recipe_run / "models" / "fold1" / "model_final.pt", weights_only=True)
     networks = {}
+    fp32 = {"precision": "fp32"}  # the normalisation, not bf16 rounding (auto is bf16 on an AVX512-BF16 CPU)
     for name, configs in {"train": ["train.json"], "evaluate": ["train.json", "evaluate.json"]}.items():
-        networks[name] = parsed(configs, recipe_run, dataset_dir).get_parsed_content("network")
-    networks["inference"] = parsed(["inference.json"], recipe_run, dataset_dir).get_parsed_content("network")
+        networks[name] = parsed(configs, recipe_run, dataset_dir, **fp32).get_parsed_content("network")
+    networks["inference"] = parsed(["inference.json"], recipe_run, dataset_dir, **fp32).get_parsed_content("network")
     for network in networks.values():
         network.load_state_dict(final)
-    ensemble = parsed(["train.json", "evaluate.json", "evaluate_ensemble.json"], recipe_run, dataset_dir, folds=[1])
+    ensemble_configs = ["train.json", "evaluate.json", "evaluate_ensemble.json"]
+    ensemble = parsed(ensemble_configs, recipe_run, dataset_dir, folds=[1], **fp32)
     networks["ensemble"] = ensemble.get_parsed_content("ensemble_networks")[0]
     image = torch.rand(2, 3, *TINY_SIZE)
     with torch.no_grad():
