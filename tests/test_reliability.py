@@ -203,7 +203,9 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(prepared, tmp_path):
             loss=nan_loss,
         )
     assert isinstance(error.value.__cause__, FloatingPointError)
-    assert "training loss is nan at epoch 2, iteration 2/4" in str(error.value.__cause__)
+    message = str(error.value.__cause__)
+    assert "training loss is nan at epoch 2, iteration 2/4" in message
+    assert message.endswith("weights and batch were finite: this forward pass or the loss produced it")
     models = bundle / "models" / "fold1"
     assert (models / "model.pt").is_file()  # best model of epoch 1
     assert (models / "resume_checkpoint_epoch=1.pt").is_file()  # last good epoch
@@ -455,3 +457,29 @@ def test_best_model_record_resumes_and_model_pt_is_replaced_in_place(tmp_path):
     assert validate(evaluator, 2, 0.5) == 1.0  # worse than the best before the resume
     (tmp_path / "model.pt").unlink()
     assert validate(evaluator, 3, 0.8) == 3.0
+
+
+def test_guard_names_a_bad_batch_and_stops_on_non_finite_weights_behind_a_finite_loss():
+    from types import SimpleNamespace
+
+    from custom_losses.handlers.guards import StopOnNonFiniteLoss, diagnose_non_finite_loss
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 1))
+    batch = {"image": torch.zeros(1, 1, 4, 4), "label": torch.zeros(1, 1, 4, 4)}
+    state = SimpleNamespace(batch=batch, output={"loss": torch.tensor(0.5)}, epoch=3, iteration=7, epoch_length=4)
+    engine = SimpleNamespace(network=network, state=state)
+    assert diagnose_non_finite_loss(engine).endswith("this forward pass or the loss produced it")
+    batch["image"][0, 0, 1, 1] = math.inf
+    assert diagnose_non_finite_loss(engine) == "non-finite values in the batch's image"
+
+    guard = StopOnNonFiniteLoss()
+    guard(engine)  # finite loss, finite weights
+    network[1].bias.grad = torch.tensor([math.nan, 0.0])
+    with torch.no_grad():
+        network[1].bias[0] = math.nan
+    with pytest.raises(FloatingPointError) as error:
+        guard(engine)
+    assert str(error.value) == (
+        "weights are not finite after the update at epoch 3, iteration 3/4, though the loss was 0.5: "
+        "training stopped; non-finite weights: 1.bias; non-finite gradients: 1.bias"
+    )
