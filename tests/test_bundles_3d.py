@@ -20,7 +20,10 @@ from lesion_study.prepare.datasets import prepare_hippocampus
 from lesion_study.synthetic import write_hippocampus_layout
 from tests.test_bundles import run_workflow
 
-FAST_3D = {"epochs": 2, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "device": "cpu"}
+# fp32: on bf16 CPUs (AVX512-BF16) these 16^3 runs, whose UNet bottleneck is 1 voxel normalised over a
+# batch of 2, turned NaN in some full-suite runs under xdist and never when run alone (55 seeds tried); the
+# pipeline is what is tested here, bf16 training is tested in test_precision
+FAST_3D = {"epochs": 2, "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "device": "cpu", "precision": "fp32"}
 SPATIAL = [16, 16, 16]  # the synthetic volumes are 12x16x12; the real ones are padded to 48x64x48
 
 
