@@ -11,6 +11,9 @@ MASK_THRESHOLD = 127
 BUNDLE_MASK_THRESHOLD = MASK_THRESHOLD + 0.5
 # what inference reads, per kind of bundle
 IMAGE_SUFFIXES = {"2d": (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"), "3d": (".nii.gz", ".nii")}
+# evaluation_model -> the checkpoint file of a fold's models/fold<k>/ that evaluation, the fold ensemble and
+# inference read: best (the best validation epoch) or final (the last epoch, as Galdran et al. evaluate)
+EVALUATED_MODEL_FILES = {"best": "model.pt", "final": "model_final.pt"}
 
 
 def lesion_pixels(values):

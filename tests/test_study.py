@@ -413,39 +413,46 @@ def galdran_section(out: Path) -> str:
     return (out / "results.md").read_text().split("### Galdran et al.'s comparison, as he measured it")[1]
 
 
-def test_report_sets_galdran_figures_beside_the_five_fold_ensemble(tmp_path):
-    """Five folds with an ensemble: his test figures beside the ensemble's Dice over all images, paired tests of
-    the ensembles against CE, and the validation Dice of the last epoch as mean ± std over folds (ddof 0)."""
+def galdran_five_fold_study(out: Path, ensemble_extra: dict) -> None:
+    """CE and CE + Dice, five folds and their ensembles (``ensemble_extra`` joins the ensembles' summaries)."""
     base = list(np.random.default_rng(2).uniform(0.6, 0.9, size=40))
     last = {"ce": [0.80, 0.82, 0.84, 0.86, 0.88], "ce_dice": [0.85, 0.85, 0.86, 0.87, 0.87]}
     for fold in range(1, 6):
         for loss, free in (("ce", [i < 4 for i in range(20)]), ("ce_dice", [i < 8 for i in range(20)])):
             summary = galdran_summary(0.70, 0.05, 0.2 if loss == "ce" else 0.4)
-            write_run(tmp_path, f"polyp_{loss}", 0, fold, summary, per_image(base, free))
+            write_run(out, f"polyp_{loss}", 0, fold, summary, per_image(base, free))
             value = last[loss][fold - 1]
-            write_curve(tmp_path, f"polyp_{loss}", 0, fold, [0.5, value + 0.01, value])  # best at epoch 2
+            write_curve(out, f"polyp_{loss}", 0, fold, [0.5, value + 0.01, value])  # best at epoch 2
     # the ensembles: CE keeps 18 of 20 lesion-free images empty, CE + Dice 6 of them (CE's two included), and
     # CE + Dice is 0.05 lower on every lesion image: Dice over all 60 images differs by (40 * -0.05 - 12) / 60
     write_ensemble(
-        tmp_path,
+        out,
         "polyp_ce",
         0,
-        galdran_summary(0.77, 0.30, 0.1) | {"folds": [1, 2, 3, 4, 5]},
+        galdran_summary(0.77, 0.30, 0.1) | {"folds": [1, 2, 3, 4, 5]} | ensemble_extra,
         per_image(base, [i < 2 for i in range(20)]),
     )
     write_ensemble(
-        tmp_path,
+        out,
         "polyp_ce_dice",
         0,
-        galdran_summary(0.55, 0.10, 0.7) | {"folds": [1, 2, 3, 4, 5]},
+        galdran_summary(0.55, 0.10, 0.7) | {"folds": [1, 2, 3, 4, 5]} | ensemble_extra,
         per_image([v - 0.05 for v in base], [i < 14 for i in range(20)]),
     )
-    write_report(tmp_path, ["polyp_ce", "polyp_ce_dice"], [1, 2, 3, 4, 5], status={}, settings={}, dataset="polyp")
+    write_report(out, ["polyp_ce", "polyp_ce_dice"], [1, 2, 3, 4, 5], status={}, settings={}, dataset="polyp")
+
+
+def test_report_sets_galdran_figures_beside_the_five_fold_ensemble(tmp_path):
+    """Five folds with an ensemble: his test figures beside the ensemble's Dice over all images, paired tests of
+    the ensembles against CE, and the validation Dice of the last epoch as mean ± std over folds (ddof 0)."""
+    galdran_five_fold_study(tmp_path, {})
     section = galdran_section(tmp_path)
     assert "test_polyps.ipynb" in section and "commit c6726e0b0ccf" in section
     ensemble, single = section.split("#### Test set, single models (one per run)")
     single, validation = single.split("#### In distribution")
     assert "folds [1, 2, 3, 4, 5]. Each fold model" in ensemble and "(his: all five)" not in ensemble
+    # summaries without evaluation_model are of the best-validation checkpoints
+    assert "`models/fold<k>/model.pt` (the bundles' best-validation checkpoint); his: the last epoch." in ensemble
     assert "his test figures are of the five-fold ensemble; these rows are single models" not in section.lower()
     # the ensemble rows beside his figures: Dice all, his, % predicted empty, his, Dice lesion, FP rate
     assert "| ce | 1 | 77.00 | 87.333 | 30.00 | 6.364 | 80.00 | 2/20 |" in ensemble
@@ -468,6 +475,14 @@ def test_report_sets_galdran_figures_beside_the_five_fold_ensemble(tmp_path):
     assert "| ce | 5 | 3 | 84.00 ± 2.83 | 5 folds | 89.19 ± 1.18 | 85.00 ± 2.83 |" in validation
     assert "| ce_dice | 5 | 3 | 86.00 ± 0.89 | 5 folds | 89.81 ± 1.16 | 87.00 ± 0.89 |" in validation
     assert "ce_dice +2.00 (his +0.62)" in validation
+
+
+def test_galdran_ensemble_rows_name_the_last_epoch_models_they_averaged(tmp_path):
+    """An ensemble of the last-epoch models (``evaluation_model final``, galdran_cpu) says so: his ensemble too."""
+    galdran_five_fold_study(tmp_path, {"evaluation_model": "final"})
+    ensemble = galdran_section(tmp_path).split("#### Test set, single models")[0]
+    assert "`models/fold<k>/model_final.pt` (the last epoch), as his." in ensemble
+    assert "best-validation" not in ensemble
 
 
 def test_report_galdran_section_without_ensemble_says_these_are_single_models(tmp_path):

@@ -1,9 +1,9 @@
 """Ignite handlers the bundles attach to MONAI engines, one module per concern; every name is re-exported
 here, so the configs' ``custom_losses.handlers.X`` resolve as before."""
 
+from ..conventions import EVALUATED_MODEL_FILES
 from .checkpoints import (
     BEST_METRIC_KEYS,
-    EVALUATED_MODEL_FILES,
     OPTIONAL_RESUME_KEYS,
     RANDOM_STATE_KEY,
     RESUME_PREFIX,

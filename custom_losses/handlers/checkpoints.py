@@ -16,10 +16,6 @@ from monai.handlers import CheckpointSaver
 
 from ..errors import InputError, InputNotFoundError
 
-# evaluation_model -> the checkpoint file of a fold's models/fold<k>/ that evaluation, the fold ensemble and
-# inference read: best (the best validation epoch) or final (the last epoch, as Galdran et al. evaluate)
-EVALUATED_MODEL_FILES = {"best": "model.pt", "final": "model_final.pt"}
-
 
 def existing_checkpoint(path: str | os.PathLike) -> str:
     """``path`` when the checkpoint file exists, else a one-line input error (for ``CheckpointLoader``)."""

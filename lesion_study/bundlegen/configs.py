@@ -517,7 +517,7 @@ ENSEMBLE_SETTINGS = ["folds" if name == "fold" else name for name in EVALUATION_
 INFERENCE_SETTINGS = ["strict", "threshold", *COMMON_SETTINGS, "evaluation_model", "prediction_dir"]
 # which checkpoint evaluation, the fold ensemble and inference read: best (model.pt, the best validation
 # epoch) or final (model_final.pt, the last epoch: Galdran et al.'s)
-# (custom_losses.handlers.EVALUATED_MODEL_FILES; plain Python: an export keeps the expression as it is)
+# (custom_losses.conventions.EVALUATED_MODEL_FILES; plain Python: an export keeps the expression as it is)
 EVALUATED_FILE = "{'best': 'model.pt', 'final': 'model_final.pt'}[@evaluation_model]"
 EVALUATED_CHECKPOINT = expr(f"os.path.join(@ckpt_dir, {EVALUATED_FILE})")
 

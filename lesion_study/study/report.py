@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from custom_losses.atomic import write_csv_atomic, write_text_atomic  # noqa: E402
-from custom_losses.conventions import lesion_pixels  # noqa: E402
+from custom_losses.conventions import EVALUATED_MODEL_FILES, lesion_pixels  # noqa: E402
 from custom_losses.metrics import bland_altman  # noqa: E402
 from lesion_study.study.comparison import (  # noqa: E402
     GALDRAN_2022,
@@ -460,6 +460,7 @@ def validation_curves(out: Path, names: list[str], folds: list[int], seeds: list
 
 
 EVALUATED_EPOCH = {"best": "best epoch's", "final": "last epoch's"}  # the bundles' evaluation_model
+ENSEMBLE_MEMBER = {"best": "the bundles' best-validation checkpoint", "final": "the last epoch"}
 
 
 def convergence_lines(curves: dict[str, list], evaluation_model: str = "best") -> list[str]:
@@ -739,15 +740,19 @@ def galdran_lines(
     if ensemble_records:
         folds = sorted({tuple(s.get("folds", ())) for r in ensemble_records for s in r["summaries"]})
         fold_text = ", ".join(str(list(f)) for f in folds if f) or "not recorded"
+        loaded = sorted({s.get("evaluation_model", "best") for r in ensemble_records for s in r["summaries"]})
+        checkpoints = " or ".join(
+            f"`models/fold<k>/{EVALUATED_MODEL_FILES.get(m, m)}` ({ENSEMBLE_MEMBER.get(m, m)})" for m in loaded
+        )
+        his_too = ", as his" if loaded == ["final"] else "; his: the last epoch"
         lines += [
             "#### Test set, fold ensemble: the rows to set beside his test table",
             "",
             f"Mean probability of the fold models, thresholded at 0.5 (the study's `--ensemble=True` evaluation, "
             f"`eval/ensemble/`); folds {fold_text}"
             + ("" if folds == [(1, 2, 3, 4, 5)] else " (his: all five)")
-            + ". Each fold model is the one the ensemble loads, `models/fold<k>/model.pt` (the bundles' "
-            "best-validation checkpoint; his: the last epoch). One ensemble per seed; ± is the sample std over "
-            "seeds.",
+            + f". Each fold model is the one the ensemble loads, {checkpoints}{his_too}. One ensemble per seed; "
+            "± is the sample std over seeds.",
             "",
             "| loss | seeds | Dice all | Galdran | predicted empty (%) | Galdran | Dice lesion | lesion-free images "
             "with a false lesion, per seed |",
