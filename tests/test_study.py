@@ -121,6 +121,40 @@ def test_demo_study_runs_resumes_and_reports_failures(tiny_demo_data, tmp_path, 
     assert "### Paired differences to ce" in table
 
 
+def test_study_record_of_a_study_run_one_loss_at_a_time_keeps_the_earlier_losses():
+    """study.json after the second loss's command still lists the first loss's runs (same dataset and
+    settings), as done by an earlier command; after a command with other settings it is that command's alone."""
+    settings = {"epochs": 45, "batch_size": 8}
+    first = run_study.study_record(
+        {},
+        "polyp",
+        ["polyp_ce"],
+        settings,
+        {"polyp_ce/seed0/fold1": {"status": "ok", "seconds": 2700.0}, "polyp_ce/seed0/ensemble": {"status": "ok"}},
+    )
+    failed = {"status": "failed (exit 1): error: data/x.png is not an image"}
+    second = run_study.study_record(
+        first | {"status": first["status"] | {"polyp_ce/seed0/fold2": failed}},
+        "polyp",
+        ["polyp_dice"],
+        settings,
+        {"polyp_dice/seed0/fold1": {"status": "ok", "seconds": 2600.0}},
+    )
+    assert second["bundles"] == ["polyp_ce", "polyp_dice"]
+    assert second["status"] == {
+        "polyp_ce/seed0/fold1": {"status": "ok (an earlier command)", "seconds": 2700.0},
+        "polyp_ce/seed0/ensemble": {"status": "ok (an earlier command)"},
+        "polyp_ce/seed0/fold2": failed,
+        "polyp_dice/seed0/fold1": {"status": "ok", "seconds": 2600.0},
+    }
+    # this command's own status of a run wins over the earlier one
+    again = run_study.study_record(second, "polyp", ["polyp_ce"], settings, {"polyp_ce/seed0/fold2": {"status": "ok"}})
+    assert again["status"]["polyp_ce/seed0/fold2"] == {"status": "ok"}
+    other = run_study.study_record(second, "polyp", ["polyp_ce"], settings | {"epochs": 30}, {})
+    assert other == {"dataset": "polyp", "bundles": ["polyp_ce"], "settings": settings | {"epochs": 30}, "status": {}}
+    assert run_study.study_record(second, "footulcer", ["footulcer_ce"], settings, {})["bundles"] == ["footulcer_ce"]
+
+
 def test_study_refuses_bad_arguments(tmp_path):
     with pytest.raises(run_study.StudyError, match="dataset must be one of"):
         run_study.study("kidney", output_dir=str(tmp_path))

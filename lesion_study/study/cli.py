@@ -38,6 +38,7 @@ from lesion_study.study import tracking as study_tracking
 from lesion_study.study.keep import keep
 from lesion_study.study.launch import (
     LaunchError,
+    RunState,
     RunStatus,
     SlurmOptions,
     format_seconds,
@@ -196,7 +197,7 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
         )
     else:
         records = {key: value.record() for key, value in status.items()}
-        record = {"dataset": plan.dataset.name, "bundles": plan.names, "settings": plan.settings, "status": records}
+        record = study_record(read_study_record(out), plan.dataset.name, plan.names, plan.settings, records)
         write_text_atomic(out / STUDY_RECORD, json.dumps(record, indent=4) + "\n")
         write_report(
             out,
@@ -219,6 +220,23 @@ def finish(plan: Plan, status: dict[str, RunStatus], started: float, reference: 
         if len(reasons) == 1:  # the same input error everywhere: its one line last
             print(reasons.pop(), file=sys.stderr)
     return 1 if failed else 0
+
+
+def study_record(earlier: dict, dataset: str, names: list[str], settings: dict, status: dict[str, dict]) -> dict:
+    """What ``study.json`` records of this command. A study run in parts (one loss per command, as
+    docs/galdran_recipe.md does) keeps the runs an earlier command of the same dataset and settings recorded
+    and this one did not ask for, as "ok (an earlier command)" where they were ok, so ``report`` on the folder
+    lists every run; after a command with other settings the record is this command's alone."""
+    record = {"dataset": dataset, "bundles": list(names), "settings": settings, "status": status}
+    if earlier.get("dataset") != dataset or earlier.get("settings") != settings:
+        return record
+    before = {}
+    for key, value in earlier.get("status", {}).items():
+        if key not in status:
+            was = RunStatus.from_record(value)
+            before[key] = RunStatus(RunState.EARLIER, seconds=was.seconds).record() if was.ok else value
+    bundles = list(earlier.get("bundles", []))
+    return record | {"bundles": bundles + [n for n in names if n not in bundles], "status": before | status}
 
 
 def write_law_theory(out: Path, data_dir: Path, folds: list[int], settings: dict, bundle: Path) -> None:
@@ -248,7 +266,7 @@ def write_law_theory(out: Path, data_dir: Path, folds: list[int], settings: dict
 def report(output_dir: str, reference: str = "ce") -> None:
     """Rebuild ``results.csv``, ``results.md`` and the plots of an existing study folder from its saved
     summaries and per-image CSVs (no training), comparing every loss with ``reference``; the dataset,
-    settings and run statuses come from ``study.json``, written by the last study command."""
+    settings and run statuses come from ``study.json``, written by the study commands."""
     from lesion_study.study.report import write_report
 
     out = Path(output_dir).resolve()

@@ -1,7 +1,7 @@
 """Where a study keeps its runs, and what says a stage is done (no heavy imports: the runner needs it
 without matplotlib or SciPy).
 
-    STUDY/study.json                                   what the last study command ran (dataset, settings, statuses)
+    STUDY/study.json                                   the study commands' dataset, settings and run statuses
     STUDY/runs/<bundle>/seed<s>/fold<k>.log            a run's console output
     STUDY/runs/<bundle>/seed<s>/fold<k>_settings.json  the bundle overrides it was trained with
     STUDY/runs/<bundle>/seed<s>/models/fold<k>/        checkpoints; model_final.pt says training is done
@@ -54,7 +54,7 @@ def read_settings(run_dir: Path, fold: int | str) -> dict | None:
     return settings
 
 
-STUDY_RECORD = "study.json"  # what the last study command ran, so that `report` alone rebuilds the same page
+STUDY_RECORD = "study.json"  # what the study commands ran (cli.study_record), so that `report` rebuilds the page
 
 
 def stage_marker(run_dir: Path, fold: int | str, stage: str) -> Path:
@@ -83,7 +83,7 @@ def stage_done(run_dir: Path, fold: int | str, stage: str) -> bool:
 
 
 def read_study_record(out: Path) -> dict:
-    """The last study command's dataset, bundles, settings and run statuses (empty before the first)."""
+    """The study commands' dataset, bundles, settings and run statuses (empty before the first)."""
     path = out / STUDY_RECORD
     if not path.is_file():
         return {}
