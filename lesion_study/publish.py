@@ -22,7 +22,7 @@ from custom_losses.atomic import write_text_atomic
 from lesion_study.command import run_fire
 from lesion_study.paths import REPO
 from lesion_study.study.layout import discover_runs
-from lesion_study.study.report import per_image_csvs
+from lesion_study.study.report import ensemble_csvs, per_image_csvs
 
 PLOTS = (
     "dice_vs_lesion_free_fp.png",
@@ -98,8 +98,9 @@ def publish(
         shutil.copy(study / plot, target / plot)
     names, seeds, folds = discover_runs(study)
     for bundle in names:
-        for path in per_image_csvs(study, bundle, folds, seeds):
-            run = f"{path.parents[3].name}_{path.parents[2].name}_{path.parent.name}"  # bundle_seedS_foldK
+        for path in per_image_csvs(study, bundle, folds, seeds) + ensemble_csvs(study, bundle, seeds):
+            # runs/<bundle>/seed<s>/eval/<fold<k> or ensemble>/per_image.csv -> <bundle>_seed<s>_<fold<k>|ensemble>
+            run = f"{path.parents[3].name}_{path.parents[2].name}_{path.parent.name}"
             shutil.copy(path, target / "per_image" / f"{run}_{path.name}")
 
     measured_with = f"{setting}; {machine}; docs/results/{name}.md"
@@ -110,8 +111,8 @@ def publish(
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine}",
         f"- **Wall time:** {wall_time}",
-        f"- **Files:** [`results.csv`]({name}/results.csv), per-image metrics of every run in [`{name}/per_image/`]"
-        f"({name}/per_image/), plots below.",
+        f"- **Files:** [`results.csv`]({name}/results.csv), per-image metrics of every run (and of every fold "
+        f"ensemble, `*_ensemble_per_image.csv`) in [`{name}/per_image/`]({name}/per_image/), plots below.",
         "",
         *[f"![{p}]({name}/{p})" for p in plots],
         "",

@@ -720,6 +720,8 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     write_run(study, "polyp_ce", 0, 1, fake_summary(0.8, 0.1, 0.1) | lesion_free, per_image([0.7, 0.8], [False, True]))
     write_run(study, "polyp_dice", 0, 1, fake_summary(0.7, 0.9, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
     write_run(study, "polyp_dice", 1, 1, fake_summary(0.7, 0.8, 0.3) | lesion_free, per_image([0.6, 0.8], [True, True]))
+    ensemble = fake_summary(0.8, 0.1, 0.1) | lesion_free | {"folds": [1]}
+    write_ensemble(study, "polyp_ce", 0, ensemble, per_image([0.7, 0.8], [False, True]))
     write_report(study, ["polyp_ce", "polyp_dice"], [1], status={}, settings={}, dataset="polyp", seeds=[0, 1])
     (study / "examples.png").write_bytes(b"an image of the data")
     page = publish(
@@ -728,6 +730,7 @@ def test_publish_copies_the_report_but_no_data_images(tmp_path):
     )  # fmt: skip
     published = tmp_path / "docs" / "polyp_unit"
     assert sorted(p.name for p in (published / "per_image").iterdir()) == [
+        "polyp_ce_seed0_ensemble_per_image.csv",
         "polyp_ce_seed0_fold1_per_image.csv",
         "polyp_dice_seed0_fold1_per_image.csv",
         "polyp_dice_seed1_fold1_per_image.csv",
