@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Every pending GPU figure, in phases that each end well inside the 10-minute limit of one command on a
-# lent GPU machine (15 minutes of machine time in all, cold start included). Here, once:
+# Every pending GPU figure, in phases that each end inside the 10-minute limit of one command on a lent GPU
+# machine (15 minutes of machine time in all, cold start included, so about two phases per session). Here, once:
 #   python benchmarks/gpu_kit.py pack --data_dir=DATA --output=.gpu      # prepared data + wheels, <= 56 MiB
 # There (the device tool's run, carry [".gpu"]; it sets OUT), one command per phase:
-#   bash benchmarks/gpu_checks.sh 1   # wheels, CUDA tests, loss benchmark, throughput (ceiling vs bundle)
-#   bash benchmarks/gpu_checks.sh 2   # the seven-loss polyp study on fold 1 at 40 epochs, timed, with its report
-#   bash benchmarks/gpu_checks.sh 3   # DBCE radius sweep (R = 1, 3, 5, 9) on polyp fold 1 at 20 epochs
+#   bash benchmarks/gpu_checks.sh 1    # wheels, CUDA tests, loss benchmark, throughput (ceiling vs bundle)
+#   bash benchmarks/gpu_checks.sh 2a   # polyp fold 1 at 40 epochs: CE, soft Dice, CE + Dice, linear CE->Dice
+#   bash benchmarks/gpu_checks.sh 2b   # the same for CE then Dice, balanced CE, DBCE (2a + 2b: the seven losses)
+#   bash benchmarks/gpu_checks.sh 3    # DBCE radius sweep (R = 1, 3, 5, 9) on polyp fold 1 at 20 epochs
+# A 40-epoch polyp run alone took 3.9 min on an H200 (docs/performance.md), so a phase runs its trainings
+# side by side on the one GPU (a run alone used 40% of the training ceiling and 3.4 GiB). Here, merge the
+# parts: run_study.py keep on each unpacked tar.gz into one folder, then run_study.py report on it.
 # Everything lands in $OUT as few files (phase<N>.log, JSON, one tar.gz per study). Each line of the log
 # carries the elapsed seconds, so a phase cut by the limit still says how far it got; a failed step is
 # logged and the next one runs. Environment: KIT (.gpu), OUT (gpu_results), DEVICE (cuda), TINY=1 for the
 # CPU dry run of tests/test_gpu_kit.py (tiny sizes and epochs), STEP_LIMIT (seconds, default 540): a step
-# still running then is stopped, and what it finished is packed (the study resumes from it on a later call).
+# still running then is stopped, and the runs it finished are packed (a cut run is lost: weights stay there).
 set -uo pipefail
-phase=${1:?usage: bash benchmarks/gpu_checks.sh 1|2|3}
+phase=${1:?usage: bash benchmarks/gpu_checks.sh 1|2a|2b|3}
 kit=${KIT:-.gpu}
 out=${OUT:-gpu_results}
 device=${DEVICE:-cuda}
@@ -41,6 +45,7 @@ fi
 export PYTHONPATH="$PWD:$(realpath -m "$kit/site")${PYTHONPATH:+:$PYTHONPATH}"
 step "verify the kit" python benchmarks/gpu_kit.py verify --kit="$kit" || exit 1
 
+declare -A study_parts  # phase -> the losses it trains
 bundles='[polyp_ce,polyp_dbce]'
 [ -d "$kit/data/footulcer" ] && bundles='[polyp_ce,polyp_dbce,footulcer_ce,footulcer_dbce]'
 if [ "$tiny" = 1 ]; then
@@ -48,7 +53,7 @@ if [ "$tiny" = 1 ]; then
     bundles='[polyp_dbce]'
     throughput_args=(--image_size=32 --epochs=2 --ceiling_steps=2 --num_workers=0)
     study_args=(--image_size=32 --batch_size=4 --val_batch_size=4 --num_workers=0)
-    study_bundles='[ce]'
+    study_parts=([2a]='[ce]' [2b]='[dbce]')
     study_epochs=1
     sweep_epochs=1
     radii=(1 5)
@@ -56,7 +61,7 @@ else
     bench_args=()
     throughput_args=()
     study_args=()
-    study_bundles='[ce,dice,ce_dice,ce_linear_dice,ce_finetune_dice,balanced_ce,dbce]'
+    study_parts=([2a]='[ce,dice,ce_dice,ce_linear_dice]' [2b]='[ce_finetune_dice,balanced_ce,dbce]')
     study_epochs=40
     sweep_epochs=20
     radii=(1 3 5 9)
@@ -79,28 +84,31 @@ EOF
     step "throughput: ceiling vs bundle pipeline" python benchmarks/throughput.py --device="$device" \
         --data_dir="$kit/data" --bundles="$bundles" "${throughput_args[@]}" --output="$out/throughput.json"
     ;;
-2)
-    study="$out/study_polyp"
-    step "seven-loss polyp study, fold 1" python scripts/run_study.py polyp --data_dir="$kit/data/polyp" \
-        --folds='[1]' --device="$device" --output_dir="$study" --bundles="$study_bundles" --epochs="$study_epochs" \
-        "${study_args[@]}"
-    tar -czf "$out/study_polyp.tar.gz" -C "$study" --exclude='*.pt' --exclude='example_images' \
+2a | 2b)
+    study="$out/study_polyp_$phase"
+    bundles_of_part=${study_parts[$phase]}
+    runs=$(($(tr -cd , <<<"$bundles_of_part" | wc -c) + 1))
+    step "polyp fold 1, $bundles_of_part, $runs side by side" python scripts/run_study.py polyp \
+        --data_dir="$kit/data/polyp" --folds='[1]' --device="$device" --output_dir="$study" \
+        --bundles="$bundles_of_part" --max_parallel="$runs" --epochs="$study_epochs" "${study_args[@]}"
+    tar -czf "$out/study_polyp_$phase.tar.gz" -C "$study" --exclude='*.pt' --exclude='example_images' \
         --exclude='example_masks' --exclude='data' . && rm -rf "$study"
-    log "packed $out/study_polyp.tar.gz (no weights)"
+    log "packed $out/study_polyp_$phase.tar.gz (no weights)"
     ;;
 3)
-    for radius in "${radii[@]}"; do
+    for radius in "${radii[@]}"; do  # side by side, one study folder each
         sweep="$out/sweep_r$radius"
         step "DBCE R = $radius, polyp fold 1, $sweep_epochs epochs" python scripts/run_study.py polyp \
             --data_dir="$kit/data/polyp" --folds='[1]' --device="$device" --output_dir="$sweep" \
-            --bundles='[dbce]' --examples=False --dbce_radius="$radius" --epochs="$sweep_epochs" "${study_args[@]}"
+            --bundles='[dbce]' --examples=False --dbce_radius="$radius" --epochs="$sweep_epochs" "${study_args[@]}" &
     done
+    wait
     tar -czf "$out/dbce_sweep.tar.gz" -C "$out" --exclude='*.pt' $(cd "$out" && ls -d sweep_r*) &&
         rm -rf "$out"/sweep_r*
     log "packed $out/dbce_sweep.tar.gz"
     ;;
 *)
-    log "unknown phase $phase (1, 2 or 3)"
+    log "unknown phase $phase (1, 2a, 2b or 3)"
     exit 2
     ;;
 esac

@@ -58,7 +58,7 @@ def test_gpu_checks_dry_run_on_cpu(data_root, tmp_path):
     kit = gpu_kit.make_kit(str(data_root), str(tmp_path / "kit"), datasets=["polyp"], wheels=False)
     out = tmp_path / "out"
     env = {**os.environ, "KIT": str(kit), "OUT": str(out), "DEVICE": "cpu", "TINY": "1"}
-    for phase in ("1", "2"):
+    for phase in ("1", "2a", "3"):
         result = subprocess.run(
             ["bash", "benchmarks/gpu_checks.sh", phase], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
         )
@@ -68,12 +68,17 @@ def test_gpu_checks_dry_run_on_cpu(data_root, tmp_path):
         assert f"phase {phase} finished" in log and "done: verify the kit" in log
     assert sorted(p.name for p in out.iterdir()) == [
         "bench_losses.json",
+        "dbce_sweep.tar.gz",
         "phase1.log",
-        "phase2.log",
-        "study_polyp.tar.gz",
+        "phase2a.log",
+        "phase3.log",
+        "study_polyp_2a.tar.gz",
         "throughput.json",
     ]
     assert "polyp_dbce" in json.loads((out / "throughput.json").read_text())["bundles"]  # TINY: one bundle
-    with tarfile.open(out / "study_polyp.tar.gz") as archive:
+    with tarfile.open(out / "study_polyp_2a.tar.gz") as archive:
         names = archive.getnames()
     assert "./results.md" in names and not any(name.endswith(".pt") for name in names)
+    with tarfile.open(out / "dbce_sweep.tar.gz") as archive:  # the radii ran side by side, each to its report
+        names = archive.getnames()
+    assert {"sweep_r1/results.md", "sweep_r5/results.md"} <= set(names), names
