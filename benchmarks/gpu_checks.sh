@@ -96,9 +96,12 @@ EOF
     log "packed $out/study_polyp_$phase.tar.gz (no weights)"
     ;;
 3)
+    threads=$(($(nproc) / ${#radii[@]}))  # the cores shared among the runs, as --max_parallel does
+    [ "$threads" -ge 1 ] || threads=1
     for radius in "${radii[@]}"; do  # side by side, one study folder each
         sweep="$out/sweep_r$radius"
-        step "DBCE R = $radius, polyp fold 1, $sweep_epochs epochs" python scripts/run_study.py polyp \
+        step "DBCE R = $radius, polyp fold 1, $sweep_epochs epochs" env OMP_NUM_THREADS="$threads" \
+            python scripts/run_study.py polyp \
             --data_dir="$kit/data/polyp" --folds='[1]' --device="$device" --output_dir="$sweep" \
             --bundles='[dbce]' --examples=False --dbce_radius="$radius" --epochs="$sweep_epochs" "${study_args[@]}" &
     done
